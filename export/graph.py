@@ -14,7 +14,16 @@ Execution semantics (one time step, nodes in topological order of the feed-forwa
       v <- v * (1 - alpha_v) + alpha_v * v_leak + gain * i
       spike = v > v_threshold;  v <- v_reset where spike
 
+- every Neuron starts a sample at rest: ``v = v_leak``, ``i = 0`` (lasnn's IF neurons, which have no leak,
+  carry ``v_leak = v_reset``: they start at their reset potential, as the students do);
+- ``LeakyIntegrator`` (NIR LI / CubaLI / I) is a Neuron without threshold: it outputs ``v`` after the
+  update (same ``v``/``i`` equations, same start at rest);
+- ``Delay`` outputs its input of ``steps`` time steps ago (per element; zero before that);
 - ``Input`` feeds the encoded stream ``[T, B, *shape]``; ``Output`` collects its input per step.
+
+Stateless nodes that carry an ``input_shape`` (Conv2d, SumPool2d, Flatten), and Output, reshape their input
+to their own shape first: a source whose output has the same number of elements but another shape (e.g. a
+NIR Conv1d lowered to a Conv2d of height 1) is accepted.
 
 All parameter arrays are per neuron (numpy, float64 or float32), shapes match ``shape``.
 """
@@ -82,7 +91,7 @@ class Neuron:
 
     shape: tuple[int, ...]
     alpha_v: np.ndarray  # fraction of (v - v_leak) lost per step: dt/tau_mem (0 for IF)
-    gain: np.ndarray  # input-to-voltage gain per step (dt*R/tau_mem for LIF, dt*R for IF)
+    gain: np.ndarray  # input-to-voltage gain per step (dt*R/tau_mem for LIF, R for IF: export/nir_io.py)
     v_threshold: np.ndarray
     v_reset: np.ndarray
     v_leak: np.ndarray
@@ -93,7 +102,29 @@ class Neuron:
         return self.alpha_i is not None
 
 
-Node = Input | Output | Affine | Conv2d | SumPool2d | Scale | Flatten | Neuron
+@dataclass
+class LeakyIntegrator:
+    """A non-spiking Neuron (NIR LI, CubaLI, I): same update, outputs the membrane potential ``v``."""
+
+    shape: tuple[int, ...]
+    alpha_v: np.ndarray
+    gain: np.ndarray
+    v_leak: np.ndarray
+    alpha_i: np.ndarray | None = None
+
+    @property
+    def cuba(self) -> bool:
+        return self.alpha_i is not None
+
+
+@dataclass
+class Delay:
+    """``y[t] = x[t - steps]`` per element (NIR Delay with ``delay = steps * dt``); zero for ``t < steps``."""
+
+    steps: np.ndarray  # non-negative integers, shape of the signal
+
+
+Node = Input | Output | Affine | Conv2d | SumPool2d | Scale | Flatten | Neuron | LeakyIntegrator | Delay
 
 
 @dataclass

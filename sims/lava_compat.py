@@ -8,6 +8,12 @@ while the module's source is compiled. It is written by hand because no maintain
 
 The hook is active only where needed: Python >= 3.11 and a var_model.py source that still contains the
 offending pattern (a fixed Lava release makes it a no-op).
+
+The same finder also guards ``lava.magma.runtime.message_infrastructure.multiprocessing``, which calls
+``multiprocessing.set_start_method('fork')`` without ``force`` at import and so raises "context has already
+been set" once anything in the process has asked for the start method (tqdm, torch's DataLoader). While
+that module loads, a repeated request for the method already in use is made a no-op; any other method
+still raises, since Lava's simulator needs 'fork'.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import sys
 from types import ModuleType
 
 TARGET_MODULE = "lava.magma.compiler.var_model"
+MP_MODULE = "lava.magma.runtime.message_infrastructure.multiprocessing"
 _MUTABLE_DEFAULT = re.compile(r"^(\s+\w+\s*:\s*ByteEncoder\s*=\s*)ByteEncoder\(\)\s*$", re.MULTILINE)
 _DATACLASS_IMPORT = re.compile(r"^from dataclasses import ([^\n]+)$", re.MULTILINE)
 
@@ -54,9 +61,32 @@ class _PatchingLoader(importlib.machinery.SourceFileLoader):
         raise OSError("lasnn: bytecode cache disabled for patched module")
 
 
+class _ForkTolerantLoader(importlib.machinery.SourceFileLoader):
+    """Executes Lava's multiprocessing module with ``set_start_method(current)`` made a no-op."""
+
+    def exec_module(self, module: ModuleType) -> None:
+        import multiprocessing
+
+        current = multiprocessing.get_start_method(allow_none=True)
+        original = multiprocessing.set_start_method
+        if current is None:
+            super().exec_module(module)
+            return
+
+        def tolerant(method: str, force: bool = False) -> None:
+            if method != current or force:
+                original(method, force=force)
+
+        multiprocessing.set_start_method = tolerant
+        try:
+            super().exec_module(module)
+        finally:
+            multiprocessing.set_start_method = original
+
+
 class _VarModelFinder(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname: str, path, target: ModuleType | None = None):  # noqa: ANN001, ANN201
-        if fullname != TARGET_MODULE:
+        if fullname not in (TARGET_MODULE, MP_MODULE):
             return None
         for finder in sys.meta_path:
             if finder is self or not hasattr(finder, "find_spec"):
@@ -68,10 +98,16 @@ class _VarModelFinder(importlib.abc.MetaPathFinder):
             return None
         if spec.origin is None or not spec.origin.endswith(".py"):
             return spec
-        if not _needs_patch(spec.origin):
+        if fullname == MP_MODULE:
+            return importlib.util.spec_from_file_location(
+                fullname, spec.origin, loader=_ForkTolerantLoader(fullname, spec.origin)
+            )
+        if not hook_needed() or not _needs_patch(spec.origin):
             return spec
         return importlib.util.spec_from_file_location(
-            fullname, spec.origin, loader=_PatchingLoader(fullname, spec.origin),
+            fullname,
+            spec.origin,
+            loader=_PatchingLoader(fullname, spec.origin),
             submodule_search_locations=spec.submodule_search_locations,
         )
 
@@ -88,11 +124,9 @@ def hook_needed() -> bool:
 
 def install() -> bool:
     """Install the import hook once (idempotent). Returns whether it is installed."""
-    if not hook_needed():
-        return False
     if any(isinstance(f, _VarModelFinder) for f in sys.meta_path):
         return True
-    if TARGET_MODULE in sys.modules:  # already imported (e.g. a fixed Lava): nothing to do
+    if TARGET_MODULE in sys.modules and MP_MODULE in sys.modules:  # both already imported: nothing to do
         return False
     sys.meta_path.insert(0, _VarModelFinder())
     return True

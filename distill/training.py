@@ -1,0 +1,328 @@
+"""The one training loop behind ``lasnn teach`` and ``lasnn distill`` (nanoGPT-style: no callbacks).
+
+What differs between the two verbs is a ``loss_fn(images, labels, progress) -> (loss, logits, terms)``
+and a ``predict_fn(images) -> logits``; everything else is here: SGD with momentum and a per-step cosine
+learning rate, AMP (bfloat16) on GPU, a tqdm bar, evaluation after every epoch, an atomic training-state
+checkpoint (``DIR/checkpoint.pt``) after every epoch and on Ctrl-C, ``resume``, and NaN detection.
+
+Determinism: the shuffling order of epoch ``e`` comes from a generator seeded with ``(seed, e)`` and the
+global RNG (augmentation, Poisson encoding) is reseeded at the start of every epoch, so an epoch's
+randomness does not depend on what ran before it; a Ctrl-C checkpoint additionally stores the RNG state
+and the position in the epoch (exact with the default ``num_workers=0``; with worker processes a
+mid-epoch resume is exact only up to the workers' augmentation draws). With ``torch.use_deterministic_algorithms`` (on by default on CPU), a
+resumed run therefore ends with exactly the weights of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from lasnn.artifacts import load_checkpoint, save_checkpoint
+from lasnn.errors import LasnnError
+
+LossFn = Callable[[torch.Tensor, torch.Tensor, float], tuple[torch.Tensor, torch.Tensor, dict[str, float]]]
+PredictFn = Callable[[torch.Tensor], torch.Tensor]
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class TrainSettings:
+    """Optimiser and run settings. ``amp`` and ``deterministic`` default to: AMP on GPU only,
+    deterministic algorithms on CPU only (on GPU they cost speed; pass ``deterministic=True``)."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    seed: int = 0
+    device: str = "cpu"
+    amp: bool | None = None
+    deterministic: bool | None = None
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise LasnnError(f"--{name.replace('_', '-')} is {value!r}; expected a positive integer.")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise LasnnError(f"--lr is {self.lr!r}; expected a positive number.")
+
+    @property
+    def use_amp(self) -> bool:
+        return self.device.startswith("cuda") if self.amp is None else self.amp
+
+    @property
+    def use_deterministic(self) -> bool:
+        return not self.device.startswith("cuda") if self.deterministic is None else self.deterministic
+
+
+def resolve_device(name: str | None) -> str:
+    """``auto`` (or None) picks CUDA when present; an unavailable device is a user error."""
+    if name in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise LasnnError(f"--device {name} was requested but torch sees no CUDA GPU; use --device cpu.")
+    if not (name == "cpu" or name.startswith("cuda")):
+        raise LasnnError(f"--device {name!r} is not supported; expected auto, cpu or cuda[:N].")
+    return name
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # required by cuBLAS for determinism
+    # warn_only: a few CUDA kernels (pooling backward) have no deterministic form; CPU ones all do
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.backends.cudnn.benchmark = not deterministic
+
+
+def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class _StopFlag:
+    """Turns the first Ctrl-C into a request to stop after the current step (the second one interrupts
+    at once), so that the checkpoint written on stopping is never of a half-applied step."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _StopFlag:
+        with contextlib.suppress(ValueError):  # not in the main thread: leave Ctrl-C alone
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, _signum: int, _frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def evaluate(predict_fn: PredictFn, dataset: Dataset, batch_size: int, device: str, seed: int = 0,
+             amp: bool = False, desc: str = "test") -> float:
+    """Top-1 accuracy of ``predict_fn`` on ``dataset`` (fixed RNG, so stochastic encodings repeat)."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    correct = total = 0
+    with torch.random.fork_rng(devices=[]), torch.inference_mode():
+        torch.manual_seed(seed)
+        for images, labels in tqdm(loader, desc=desc, leave=False, unit="batch", disable=None):
+            images, labels = images.to(device), labels.to(device)
+            with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=amp):
+                logits = predict_fn(images)
+            correct += int((logits.argmax(1) == labels).sum())
+            total += len(labels)
+    return correct / max(total, 1)
+
+
+def _check_finite(loss: torch.Tensor, epoch: int, step: int, ckpt: Path) -> None:
+    if not torch.isfinite(loss).all():
+        kept = f"the last good checkpoint {ckpt} is kept" if ckpt.exists() else "no checkpoint was written yet"
+        raise LasnnError(f"The training loss became {float(loss)} at epoch {epoch + 1}, step {step + 1}; {kept}; "
+                         "lower --lr and restart (or --resume).")
+
+
+def _batches(order: torch.Tensor, batch_size: int) -> list[list[int]]:
+    chunks = [order[i:i + batch_size].tolist() for i in range(0, len(order), batch_size)]
+    if len(chunks) > 1 and len(chunks[-1]) < 2:  # a batch of one breaks batch norm
+        chunks.pop()
+    return chunks
+
+
+def fit(
+    model: nn.Module,
+    loss_fn: LossFn,
+    predict_fn: PredictFn,
+    train_set: Dataset,
+    test_set: Dataset,
+    settings: TrainSettings,
+    out_dir: str | os.PathLike,
+    run_config: dict[str, Any],
+    resume: bool = False,
+    desc: str = "train",
+) -> dict[str, Any]:
+    """Train ``model`` (whose parameters ``loss_fn`` must use) and return the metrics dict.
+
+    ``run_config`` (JSON-like) describes the run; ``resume`` refuses a checkpoint of a different run.
+    Writes ``out_dir/checkpoint.pt`` after every epoch; the caller writes the final model and metrics.
+    """
+    previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    seed_everything(settings.seed, settings.use_deterministic)
+    try:
+        return _fit(model, loss_fn, predict_fn, train_set, test_set, settings, Path(out_dir), run_config, resume,
+                    desc)
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+
+
+def _fit(
+    model: nn.Module,
+    loss_fn: LossFn,
+    predict_fn: PredictFn,
+    train_set: Dataset,
+    test_set: Dataset,
+    settings: TrainSettings,
+    out_dir: Path,
+    run_config: dict[str, Any],
+    resume: bool,
+    desc: str,
+) -> dict[str, Any]:
+    ckpt = out_dir / CHECKPOINT
+    device = settings.device
+    model.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum,
+                                weight_decay=settings.weight_decay)
+    n = len(train_set)
+    steps_per_epoch = len(_batches(torch.arange(n), settings.batch_size))
+    total_steps = settings.epochs * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    start_epoch, start_step, history, partial, rng = 0, 0, [], None, None
+    run_config = {**run_config, "train": asdict(settings) | {"device": None}}
+
+    if resume and ckpt.exists():
+        state = load_checkpoint(ckpt, ("training_state",), ("state_dict", "optimizer", "scheduler", "epoch"))
+        saved = state["metadata"].get("run_config", {})
+        for key in sorted(set(saved) | set(run_config)):
+            if saved.get(key) != run_config.get(key):
+                raise LasnnError(f"{ckpt} belongs to a run with a different {key!r} ({saved.get(key)!r} vs now "
+                                 f"{run_config.get(key)!r}); resume with the same options or use a new --out.")
+        model.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, start_step = state["epoch"], state.get("step", 0)
+        history, partial, rng = state.get("history", []), state.get("partial"), state.get("rng")
+        tqdm.write(f"{desc}: resuming from {ckpt} at epoch {start_epoch + 1}, step {start_step + 1}")
+    elif resume:
+        tqdm.write(f"{desc}: --resume given but {ckpt} does not exist; starting from scratch")
+
+    def save_state(epoch: int, step: int, partial_stats: dict | None) -> None:
+        for name, value in model.state_dict().items():
+            if value.is_floating_point() and not torch.isfinite(value).all():
+                raise LasnnError(f"Weight {name!r} became non-finite in epoch {epoch + 1}; the last good "
+                                 f"checkpoint {ckpt} is kept; lower --lr and restart.")
+        save_checkpoint(ckpt, "training_state", {"run_config": run_config},
+                        state_dict=model.state_dict(), optimizer=optimizer.state_dict(),
+                        scheduler=scheduler.state_dict(), epoch=epoch, step=step, history=history,
+                        partial=partial_stats, rng=_rng_state() if step else None)
+
+    started = time.perf_counter()
+    with _StopFlag() as stop:
+        for epoch in range(start_epoch, settings.epochs):
+            batches = _batches(_epoch_order(n, settings.seed, epoch), settings.batch_size)
+            if start_step and rng is not None:
+                _set_rng_state(rng)
+            else:
+                torch.manual_seed(settings.seed * 1_000_003 + epoch)
+            stats = partial or {"loss": 0.0, "correct": 0, "seen": 0, "terms": {}, "seconds": 0.0}
+            # own generator: creating the iterator must not draw from the global RNG (it would shift a
+            # resumed epoch's randomness); worker processes are seeded from it
+            loader = DataLoader(train_set, batch_sampler=batches[start_step:], num_workers=settings.num_workers,
+                                pin_memory=device.startswith("cuda"),
+                                generator=torch.Generator().manual_seed(settings.seed * 1_000_003 + epoch))
+            model.train()
+            bar = tqdm(loader, total=steps_per_epoch, initial=start_step, unit="batch", disable=None,
+                       desc=f"{desc} epoch {epoch + 1}/{settings.epochs}", dynamic_ncols=True)
+            tick = time.perf_counter()
+            step = start_step
+            for step, (images, labels) in enumerate(bar, start=start_step):
+                images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+                progress = (epoch * steps_per_epoch + step) / total_steps
+                with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16,
+                                    enabled=settings.use_amp):
+                    loss, logits, terms = loss_fn(images, labels, progress)
+                _check_finite(loss, epoch, step, ckpt)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                stats["loss"] += float(loss.detach()) * len(labels)
+                stats["correct"] += int((logits.detach().argmax(1) == labels).sum())
+                stats["seen"] += len(labels)
+                for key, value in terms.items():
+                    stats["terms"][key] = stats["terms"].get(key, 0.0) + value * len(labels)
+                elapsed = stats["seconds"] + time.perf_counter() - tick
+                rate = stats["seen"] / max(elapsed, 1e-9)
+                left = (total_steps - epoch * steps_per_epoch - step - 1) * settings.batch_size / rate
+                bar.set_postfix(loss=f"{stats['loss'] / stats['seen']:.3f}",
+                                acc=f"{stats['correct'] / stats['seen']:.3f}",
+                                img_s=f"{rate:.0f}", eta=f"{left / 60:.1f}min", refresh=False)
+                if stop.requested and step + 1 < len(batches):
+                    stats["seconds"] = elapsed
+                    save_state(epoch, step + 1, stats)
+                    bar.close()
+                    tqdm.write(f"{desc}: interrupted; state saved to {ckpt}; continue with --resume")
+                    raise KeyboardInterrupt
+            bar.close()
+            seconds = stats["seconds"] + time.perf_counter() - tick
+            model.eval()
+            test_accuracy = evaluate(predict_fn, test_set, max(settings.batch_size, 256), device,
+                                     settings.seed, settings.use_amp)
+            seen = max(stats["seen"], 1)
+            history.append({
+                "epoch": epoch + 1,
+                "train_loss": stats["loss"] / seen,
+                "train_accuracy": stats["correct"] / seen,
+                **{f"train_{k}": v / seen for k, v in stats["terms"].items()},
+                "test_accuracy": test_accuracy,
+                "lr": optimizer.param_groups[0]["lr"],
+                "seconds": seconds,
+                "images_per_s": seen / max(seconds, 1e-9),
+            })
+            tqdm.write(f"{desc} epoch {epoch + 1}/{settings.epochs}: loss {history[-1]['train_loss']:.4f}, "
+                       f"train acc {history[-1]['train_accuracy']:.4f}, test acc {test_accuracy:.4f}, "
+                       f"{history[-1]['images_per_s']:.0f} images/s")
+            start_step, partial, rng = 0, None, None
+            save_state(epoch + 1, 0, None)
+            if stop.requested and epoch + 1 < settings.epochs:
+                tqdm.write(f"{desc}: interrupted; state saved to {ckpt}; continue with --resume")
+                raise KeyboardInterrupt
+    if not history:
+        raise LasnnError(f"{ckpt} records no finished epoch; delete it or train for at least one epoch.")
+    return {
+        "test_accuracy": history[-1]["test_accuracy"],
+        "epochs": settings.epochs,
+        "history": history,
+        "train_seconds": sum(h["seconds"] for h in history),
+        "wall_seconds": time.perf_counter() - started,
+        "settings": asdict(settings),
+    }
+

@@ -1,0 +1,189 @@
+"""``lasnn export``: a student (or converted SNN) to NIR, a teacher to ONNX, or any NIR file to lasnn's
+normalised NIR (validated, with dt recorded).
+
+- ``lasnn export DIR2/student.pt -o model.nir``: lower, write, read back, and check that the float
+  reference run of the written file reproduces the student's spikes on a few samples;
+- ``lasnn export DIR/teacher.pt --onnx teacher.onnx``: ONNX, checked with ``onnx.checker`` and the ONNX
+  reference evaluator against torch;
+- ``lasnn export foreign.nir -o model.nir [--dt 1e-4]``: read another framework's NIR graph, validate it
+  and write it with lasnn's metadata (what ``lasnn simulate`` reads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from lasnn.export.graph import Graph, Neuron
+from lasnn.export.lowering import lower_student
+from lasnn.export.nir_io import read_nir, write_nir
+
+from lasnn.artifacts import load_checkpoint
+from lasnn.errors import LasnnError
+
+CHECK_SAMPLES = 2  # samples the written graph is re-run on (float64) against the student
+
+
+def _checkpoint_path(path: str | os.PathLike) -> Path:
+    """Accept a checkpoint file or a directory holding student.pt / converted.pt / teacher.pt."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("student.pt", "converted.pt", "teacher.pt"):
+            if (path / name).is_file():
+                return path / name
+        raise LasnnError(
+            f"{path} is a directory without student.pt, converted.pt or teacher.pt; pass a checkpoint."
+        )
+    return path
+
+
+def verify_against_student(student: torch.nn.Module, graph: Graph, samples: int = CHECK_SAMPLES) -> int:
+    """Run the student (float64 copy) and the float reference on the same encoded inputs; raise if any layer's
+    spikes differ. Returns the number of spikes compared equal."""
+    from lasnn.sims.float_backend import FloatBackend  # sims reads graphs; imported only for this check
+
+    double = copy.deepcopy(student).double().eval()
+    shape = tuple(graph.nodes[graph.inputs()[0]].shape)
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(samples, *shape, generator=generator, dtype=torch.float64)
+    stream = double.encode(images, torch.Generator().manual_seed(1))
+    recorded: dict[str, torch.Tensor] = {}
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, out, n=n: recorded.__setitem__(n, out.detach()))
+        for n, m in double.neuron_layers()
+    ]
+    try:
+        with torch.no_grad():
+            currents, _ = double.run(stream)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    result = FloatBackend(np.float64, progress=False).run(graph, stream.numpy())
+    total = 0
+    for name, spikes in recorded.items():
+        if name not in result.spikes or not np.array_equal(spikes.numpy() > 0, result.spikes[name]):
+            raise LasnnError(
+                f"the exported graph does not reproduce the spikes of layer '{name}' (float64, "
+                f"{samples} samples); this is a lasnn bug, please report it."
+            )
+        total += int(result.spikes[name].sum())
+    diff = float(np.abs(result.outputs - currents.numpy()).max())
+    if not diff < 1e-9:
+        raise LasnnError(
+            f"the exported graph's readout differs from the student's by {diff:.3g}; this is a lasnn "
+            "bug, please report it."
+        )
+    return total
+
+
+def export_student(ckpt_path: str | os.PathLike, out_path: str | os.PathLike, verify: bool = True) -> Graph:
+    """Lower the student checkpoint ``ckpt_path`` to NIR at ``out_path``; returns the graph as read back."""
+    from lasnn.distill.checkpoints import load_student
+
+    student, blob = load_student(_checkpoint_path(ckpt_path))
+    graph = lower_student(student, blob.get("metadata", {}))
+    graph.metadata["checkpoint"] = str(ckpt_path)
+    graph.metadata["checkpoint_kind"] = str(blob.get("kind"))
+    write_nir(graph, out_path)
+    written = read_nir(out_path)
+    if verify:
+        written.metadata["verified_spikes"] = verify_against_student(student, written)
+    return written
+
+
+def export_teacher(ckpt_path: str | os.PathLike, out_path: str | os.PathLike) -> dict:
+    """Teacher checkpoint -> checked ONNX file; returns the check report (max abs diff vs torch)."""
+    from lasnn.distill.checkpoints import load_teacher
+    from lasnn.export.onnx_export import export_teacher_onnx
+
+    model, blob = load_teacher(_checkpoint_path(ckpt_path))
+    shape = tuple(int(s) for s in blob["metadata"]["input_shape"])
+    return export_teacher_onnx(model, shape, out_path).to_dict()
+
+
+def normalise_nir(in_path: str | os.PathLike, out_path: str | os.PathLike, dt: float | None = None) -> Graph:
+    """Read any NIR file (foreign or lasnn), validate it, and write it with lasnn's metadata."""
+    graph = read_nir(in_path, dt=dt)
+    write_nir(graph, out_path)
+    return read_nir(out_path)
+
+
+def _summary(graph: Graph) -> str:
+    neurons = [n for n in graph.nodes.values() if isinstance(n, Neuron)]
+    count = sum(int(np.prod(n.shape)) for n in neurons)
+    meta = graph.metadata
+    return (
+        f"{len(graph.nodes)} nodes, {len(neurons)} spiking layers ({count} neurons), "
+        f"T={meta.get('timesteps', '?')}, "
+        f"encoding={meta.get('encoding', '?')}, dt={meta.get('dt')}"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    source = Path(args.checkpoint)
+    if source.is_file() and source.suffix == ".nir" or (source.is_file() and h5py.is_hdf5(source)):
+        out = Path(args.output or source.with_name(source.stem + ".lasnn.nir"))
+        graph = normalise_nir(source, out, args.dt)
+        print(f"wrote {out}: {_summary(graph)}")
+        return 0
+    path = _checkpoint_path(source)
+    kind = load_checkpoint(path, ("student", "converted", "teacher")).get("kind")
+    if kind == "teacher":
+        if args.output and not args.onnx:
+            raise LasnnError(
+                f"{path} is a teacher; teachers export to ONNX, pass --onnx FILE.onnx instead of -o."
+            )
+        out = Path(args.onnx or path.with_name("teacher.onnx"))
+        report = export_teacher(path, out)
+        print(
+            f"wrote {out}: opset {report['opset']}, onnx.checker passed, max |torch - ONNX reference| = "
+            f"{report['max_abs_diff']:.3g} on {report['samples']} samples (limit {report['tolerance']:g})"
+        )
+        return 0
+    if args.onnx:
+        raise LasnnError(
+            f"{path} is a {kind} (spiking) checkpoint; ONNX export is for teachers, use -o FILE.nir."
+        )
+    out = Path(args.output or path.with_name("model.nir"))
+    graph = export_student(path, out, verify=not args.no_verify)
+    checked = graph.metadata.get("verified_spikes")
+    tail = (
+        f"; float reference reproduces the student's {checked} spikes on {CHECK_SAMPLES} samples"
+        if checked is not None
+        else ""
+    )
+    print(f"wrote {out}: {_summary(graph)}{tail}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "export",
+        help="student -> NIR, teacher -> ONNX, or any NIR file -> lasnn's validated NIR",
+        description="Export a distilled or converted student checkpoint to a NIR graph (written with "
+        "nir.write, read back with type checking, and re-run against the student), a teacher checkpoint to "
+        "ONNX (checked with onnx.checker and the ONNX reference evaluator), or read another framework's NIR "
+        "file and write it validated with lasnn's metadata.",
+    )
+    p.add_argument(
+        "checkpoint", help="student.pt / converted.pt / teacher.pt (or their directory), or a .nir file"
+    )
+    p.add_argument("-o", "--output", help="NIR file to write (default: model.nir beside the checkpoint)")
+    p.add_argument(
+        "--onnx", help="ONNX file to write for a teacher checkpoint (default: teacher.onnx beside it)"
+    )
+    p.add_argument(
+        "--dt",
+        type=float,
+        default=None,
+        help="time step in seconds for a foreign NIR file without one (default: its metadata, else 1e-4)",
+    )
+    p.add_argument(
+        "--no-verify", action="store_true", help="skip re-running the written graph against the student"
+    )
+    p.set_defaults(func=run)

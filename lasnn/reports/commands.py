@@ -1,0 +1,55 @@
+"""``lasnn report run.json [run2.json ...] [--teacher T] -o REPORT_DIR``: energy/latency report folder."""
+
+from __future__ import annotations
+
+import argparse
+
+from lasnn.hardware.energy import BUILTIN_MODELS
+from lasnn.reports.report import DEFAULT_MODELS, make_report, summary_rows
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "report",
+        help="energy/latency report (md, html, json, png) from run.json files",
+        description="Price the per-layer activity of simulated runs with cited per-operation costs (Loihi, "
+        "45 nm CMOS), estimate Loihi latency, compare with the teacher ANN, and write report.md, a "
+        "self-contained report.html, report.json and PNG plots.",
+    )
+    p.add_argument("runs", nargs="+", help="run.json files written by lasnn simulate")
+    p.add_argument("--teacher", help="teacher.pt (or its directory) to price the ANN by its MACs")
+    p.add_argument("--label", action="append", help="label of each run, in order (repeat once per run)")
+    p.add_argument(
+        "--energy-model",
+        action="append",
+        dest="energy_models",
+        help=f"cost model: {', '.join(BUILTIN_MODELS)} or a JSON file of the same shape "
+        f"(repeatable; default {' and '.join(DEFAULT_MODELS)})",
+    )
+    p.add_argument("--ann-model", default="cmos45", help="cost model for the teacher's MACs (default cmos45)")
+    p.add_argument("-o", "--out", required=True, help="report folder")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    result = make_report(
+        args.runs,
+        args.out,
+        teacher=args.teacher,
+        labels=args.label,
+        energy_models=args.energy_models or DEFAULT_MODELS,
+        ann_model=args.ann_model,
+    )
+    header, rows = summary_rows(result["report"])
+    print(format_table(header, rows))
+    print(f"wrote {result['files']['report.html']} (and report.md, report.json, plots)")
+    return 0
+
+
+def format_table(header: list[str], rows: list[list[str]]) -> str:
+    """A plain-text table for the terminal."""
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(header, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    return "\n".join(lines)

@@ -1,0 +1,423 @@
+"""Energy, latency and spike-count reports from ``run.json`` files (and optionally the teacher ANN).
+
+``make_report`` reads one or more runs written by ``lasnn simulate`` (per-layer spikes, synaptic ops and
+neuron updates per inference), prices them with the cost models of ``lasnn.hardware.energy`` (every
+constant cited), estimates the latency on Loihi, counts the teacher's MACs, and writes into one folder:
+
+- ``report.json``: every figure, the constants used with their sources, and the formulas;
+- ``report.md``: the same as tables, with the plots linked;
+- ``report.html``: self-contained (CSS inline, plots embedded as base64 PNG data URIs, no external
+  assets), so it can be mailed or archived as one file;
+- ``layers_<i>.png``, ``energy.png`` and (with two or more runs, or a run and the teacher)
+  ``accuracy_energy.png``.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from lasnn.artifacts import write_bytes, write_json
+from lasnn.errors import LasnnError
+from lasnn.hardware.energy import ann_energy, count_macs, latency, load_model, snn_energy
+from lasnn.reports import plots
+
+REPORT_FORMAT = "lasnn-report"
+REPORT_VERSION = 1
+DEFAULT_MODELS = ("loihi", "cmos45")
+LAYER_KEYS = ("name", "neurons", "spikes", "synaptic_ops", "neuron_updates")
+ENERGY_FORMULA = (
+    "E = sum over layers of [ (synaptic_ops - macs) * E_synop + macs * E_graded + spikes * E_neuron_active "
+    "+ (neuron_updates - spikes) * E_neuron_inactive + spikes * E_spike ]; ANN: E = MACs * E_mac"
+)
+
+
+def load_run(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and check a ``run.json`` written by ``lasnn simulate``."""
+    path = Path(path)
+    if not path.is_file():
+        raise LasnnError(
+            f"{path} does not exist or is not a file; pass a run.json written by lasnn simulate."
+        )
+    try:
+        run = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise LasnnError(
+            f"{path} is not valid JSON ({error}); pass a run.json written by lasnn simulate."
+        ) from error
+    if not isinstance(run, dict):
+        raise LasnnError(f"{path} holds a JSON {type(run).__name__}, not an object; pass a run.json.")
+    for key in ("backend", "timesteps", "layers"):
+        if key not in run:
+            raise LasnnError(f"{path} lacks the field '{key}'; pass a run.json written by lasnn simulate.")
+    if not isinstance(run["timesteps"], int) or run["timesteps"] < 1:
+        raise LasnnError(f"{path} has timesteps={run['timesteps']!r}; expected a positive integer.")
+    if not isinstance(run["layers"], list) or not run["layers"]:
+        raise LasnnError(f"{path} has no per-layer activity in 'layers'; expected a non-empty list.")
+    for i, layer in enumerate(run["layers"]):
+        missing = [k for k in LAYER_KEYS if not isinstance(layer, dict) or k not in layer]
+        if missing:
+            raise LasnnError(
+                f"{path} layers[{i}] lacks the field(s) {', '.join(missing)}; expected "
+                f"{', '.join(LAYER_KEYS)} per layer."
+            )
+        for key in LAYER_KEYS[1:]:
+            value = layer[key]
+            if not isinstance(value, int | float) or value < 0:
+                raise LasnnError(f"{path} layers[{i}].{key} is {value!r}; expected a non-negative number.")
+    accuracy = run.get("accuracy")
+    if accuracy is not None and not (isinstance(accuracy, int | float) and 0 <= accuracy <= 1):
+        raise LasnnError(f"{path} has accuracy={accuracy!r}; expected a fraction in [0, 1] or null.")
+    return run
+
+
+def summarise_run(run: dict, path: str | os.PathLike, label: str | None, models: list[dict]) -> dict:
+    """One run's per-layer counts, energy under every model and latency under every model with times."""
+    layers = [dict(layer) for layer in run["layers"]]
+    label = label or run.get("label") or f"{Path(str(run.get('graph') or path)).stem} ({run['backend']})"
+    energy = {m["name"]: snn_energy(layers, m) for m in models}
+    for i, layer in enumerate(layers):
+        layer["energy"] = {name: e["layers"][i]["energy"] for name, e in energy.items()}
+    # Cores per layer from the model's own limits (a Loihi 2 resource estimate would not match Loihi times).
+    lat = {m["name"]: latency(layers, run["timesteps"], m) for m in models if "time" in m}
+    return {
+        "label": label,
+        "path": str(path),
+        "backend": run["backend"],
+        "dataset": run.get("dataset"),
+        "graph": run.get("graph"),
+        "encoding": run.get("encoding"),
+        "samples": run.get("samples"),
+        "timesteps": run["timesteps"],
+        "accuracy": run.get("accuracy"),
+        "layers": layers,
+        "totals": {
+            key: sum(float(layer.get(key, 0.0)) for layer in layers)
+            for key in ("neurons", "spikes", "synaptic_ops", "macs", "neuron_updates")
+        },
+        "energy": {name: {**e["total"], "layers": e["layers"]} for name, e in energy.items()},
+        "latency": lat,
+    }
+
+
+def teacher_summary(path: str | os.PathLike, model: dict) -> dict:
+    """The teacher ANN: MACs (forward hooks), energy ``MACs x E_mac`` and its recorded test accuracy."""
+    from lasnn.distill.checkpoints import load_teacher, teacher_path_of
+
+    file = teacher_path_of(path)
+    net, blob = load_teacher(file)
+    meta = blob["metadata"]
+    counted = count_macs(net, tuple(int(s) for s in meta["input_shape"]))
+    return {
+        "label": "teacher ANN",
+        "path": str(file),
+        "arch": (blob.get("config") or {}).get("arch"),
+        "accuracy": meta.get("test_accuracy"),
+        "dataset": meta.get("dataset"),
+        "macs": counted["macs"],
+        "layers": counted["layers"],
+        "energy": {model["name"]: ann_energy(counted["macs"], model)["energy"]},
+        "energy_model": model["name"],
+    }
+
+
+def build_report(runs: list[dict], teacher: dict | None, models: list[dict]) -> dict[str, Any]:
+    return {
+        "format": REPORT_FORMAT,
+        "format_version": REPORT_VERSION,
+        "runs": runs,
+        "teacher": teacher,
+        "energy_models": {m["name"]: m for m in models},
+        "formulas": {
+            "energy": ENERGY_FORMULA,
+            "latency": next((lat["formula"] for r in runs for lat in r["latency"].values()), None),
+        },
+    }
+
+
+def make_report(
+    run_paths: list[str | os.PathLike],
+    out: str | os.PathLike,
+    teacher: str | os.PathLike | None = None,
+    labels: list[str] | None = None,
+    energy_models: tuple[str, ...] | list[str] = DEFAULT_MODELS,
+    ann_model: str = "cmos45",
+) -> dict[str, Any]:
+    """Build and write the report folder; returns ``{"report": dict, "files": {kind: path}}``."""
+    if not run_paths:
+        raise LasnnError("No run.json given; pass at least one run written by lasnn simulate.")
+    if labels and len(labels) != len(run_paths):
+        raise LasnnError(
+            f"{len(labels)} --label value(s) for {len(run_paths)} run(s); give one per run or none."
+        )
+    models = [load_model(m) for m in energy_models]
+    runs = [
+        summarise_run(load_run(p), p, labels[i] if labels else None, models) for i, p in enumerate(run_paths)
+    ]
+    teacher_info = teacher_summary(teacher, load_model(ann_model)) if teacher else None
+    report = build_report(runs, teacher_info, models)
+    out = Path(out)
+    images: dict[str, bytes] = {}
+    for i, run in enumerate(runs):
+        images[f"layers_{i}.png"] = plots.layer_activity_plot(run)
+    images["energy.png"] = plots.energy_plot(report)
+    if len(runs) + (teacher_info is not None) >= 2:
+        images["accuracy_energy.png"] = plots.accuracy_energy_plot(report)
+    files: dict[str, str] = {}
+    for name, data in images.items():
+        write_bytes(out / name, data)
+        files[name] = str(out / name)
+    report["plots"] = sorted(images)
+    write_json(out / "report.json", report)
+    write_bytes(out / "report.md", render_markdown(report).encode())
+    write_bytes(out / "report.html", render_html(report, images).encode())
+    files.update({k: str(out / k) for k in ("report.json", "report.md", "report.html")})
+    return {"report": report, "files": files}
+
+
+# ------------------------------------------------------------------------------------------ formatting
+
+
+def fmt_energy(joules: float | None) -> str:
+    if joules is None:
+        return "-"
+    for unit, scale in (("mJ", 1e-3), ("µJ", 1e-6), ("nJ", 1e-9)):
+        if abs(joules) >= scale:
+            return f"{joules / scale:.3g} {unit}"
+    return f"{joules / 1e-12:.3g} pJ"
+
+
+def fmt_time(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
+        if abs(seconds) >= scale:
+            return f"{seconds / scale:.3g} {unit}"
+    return f"{seconds / 1e-9:.3g} ns"
+
+
+def fmt_count(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
+def fmt_accuracy(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f} %"
+
+
+def summary_rows(report: dict) -> tuple[list[str], list[list[str]]]:
+    """The headline table: one row per run and one for the teacher."""
+    names = list(report["energy_models"])
+    header = ["run", "backend", "T", "samples", "accuracy", "spikes / inf.", "synaptic ops / inf."]
+    header += [f"energy / inf. [{n}]" for n in names]
+    lat_models = [n for n in names if any(n in r["latency"] for r in report["runs"])]
+    header += [f"latency / inf. [{n}]" for n in lat_models]
+    rows = []
+    for run in report["runs"]:
+        row = [
+            run["label"],
+            run["backend"],
+            str(run["timesteps"]),
+            fmt_count(run.get("samples")),
+            fmt_accuracy(run.get("accuracy")),
+            fmt_count(run["totals"]["spikes"]),
+            fmt_count(run["totals"]["synaptic_ops"]),
+        ]
+        row += [fmt_energy(run["energy"][n]["energy"]) for n in names]
+        row += [fmt_time(run["latency"][n]["latency"]) if n in run["latency"] else "-" for n in lat_models]
+        rows.append(row)
+    teacher = report.get("teacher")
+    if teacher:
+        row = [
+            teacher["label"],
+            "ANN (MACs)",
+            "-",
+            "-",
+            fmt_accuracy(teacher.get("accuracy")),
+            "-",
+            f"{fmt_count(teacher['macs'])} MACs",
+        ]
+        row += [fmt_energy(teacher["energy"].get(n)) for n in names]
+        row += ["-" for _ in lat_models]
+        rows.append(row)
+    return header, rows
+
+
+def _layer_rows(run: dict) -> tuple[list[str], list[list[str]]]:
+    names = list(run["energy"])
+    header = [
+        "layer",
+        "kind",
+        "synapses",
+        "neurons",
+        "spikes",
+        "synaptic ops",
+        "of which MACs",
+        "neuron updates",
+    ]
+    header += [f"energy [{n}]" for n in names]
+    rows = []
+    for layer in run["layers"]:
+        row = [
+            layer["name"],
+            str(layer.get("kind", "")),
+            str(layer.get("synapses", "")),
+            fmt_count(layer["neurons"]),
+            fmt_count(layer["spikes"]),
+            fmt_count(layer["synaptic_ops"]),
+            fmt_count(layer.get("macs", 0.0)),
+            fmt_count(layer["neuron_updates"]),
+        ]
+        row += [fmt_energy(layer["energy"][n]) for n in names]
+        rows.append(row)
+    return header, rows
+
+
+def _constant_rows(report: dict) -> tuple[list[str], list[list[str]]]:
+    rows = []
+    for name, model in report["energy_models"].items():
+        for section in ("energy", "time", "limits"):
+            for key, c in model.get(section, {}).items():
+                rows.append([name, f"{section}.{key}", f"{c['value']:g} {c['unit']}", c["source"]])
+    return ["model", "constant", "value", "source"], rows
+
+
+def _latency_lines(run: dict) -> list[str]:
+    lines = []
+    for name, lat in run["latency"].items():
+        lines.append(
+            f"{name}: {lat['cores']} cores in {lat['tiles']} tile(s)"
+            f"{'' if lat['fits_one_chip'] else ' (more than one chip: barrier of one chip used)'}; "
+            f"critical layer {lat['critical_layer']}; barrier {fmt_time(lat['barrier_time'])}; "
+            f"time per step {fmt_time(lat['time_per_step'])} x {lat['steps']} steps = "
+            f"{fmt_time(lat['latency'])} per inference"
+        )
+    return lines
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    def clean(cell: str) -> str:
+        return cell.replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(clean(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(clean(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def render_markdown(report: dict) -> str:
+    parts = ["# lasnn energy and latency report", "", "## Summary", "", _md_table(*summary_rows(report)), ""]
+    for i, run in enumerate(report["runs"]):
+        parts += [
+            f"## {run['label']}",
+            "",
+            f"run {run['path']}; graph {run.get('graph')}; data set {run.get('dataset')}; encoding "
+            f"{run.get('encoding')}; {run.get('samples')} samples; T = {run['timesteps']}",
+            "",
+            _md_table(*_layer_rows(run)),
+            "",
+        ]
+        parts += [f"- {line}" for line in _latency_lines(run)] + [""]
+        parts += [f"![activity per layer](layers_{i}.png)", ""]
+    teacher = report.get("teacher")
+    if teacher:
+        parts += [
+            "## Teacher ANN",
+            "",
+            f"{teacher['path']} ({teacher.get('arch')}): {fmt_count(teacher['macs'])} MACs per inference, "
+            f"{fmt_energy(teacher['energy'][teacher['energy_model']])} under {teacher['energy_model']}; "
+            f"test accuracy {fmt_accuracy(teacher.get('accuracy'))}",
+            "",
+        ]
+    parts += ["## Energy", "", "![energy per inference](energy.png)", ""]
+    if "accuracy_energy.png" in report.get("plots", []):
+        parts += ["![accuracy vs energy](accuracy_energy.png)", ""]
+    parts += ["## Formulas", "", f"- Energy: `{report['formulas']['energy']}`"]
+    if report["formulas"].get("latency"):
+        parts += [f"- Latency: `{report['formulas']['latency']}`"]
+    parts += ["", "## Cost models and their sources", ""]
+    for name, model in report["energy_models"].items():
+        parts += [f"- **{name}**: {model.get('title', '')}. {model.get('note', '')}"]
+    parts += ["", _md_table(*_constant_rows(report)), ""]
+    return "\n".join(parts)
+
+
+_CSS = """
+body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 2em auto; max-width: 1150px;
+       color: #222; padding: 0 1em; }
+h1 { border-bottom: 2px solid #1b9e77; padding-bottom: .2em; }
+h2 { margin-top: 1.6em; color: #135e4b; }
+table { border-collapse: collapse; margin: .8em 0; font-size: 13px; }
+th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; vertical-align: top; }
+th { background: #eef6f3; }
+td:first-child, th:first-child, td.text { text-align: left; }
+code { background: #f4f4f4; padding: 2px 4px; font-size: 12px; }
+img { max-width: 100%; border: 1px solid #ddd; margin: .5em 0; }
+.note { color: #555; font-size: 13px; }
+"""
+
+
+def _html_table(header: list[str], rows: list[list[str]], text_cols: tuple[int, ...] = (0,)) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = []
+    for row in rows:
+        cells = "".join(
+            f'<td class="text">{html.escape(c)}</td>' if i in text_cols else f"<td>{html.escape(c)}</td>"
+            for i, c in enumerate(row)
+        )
+        body.append(f"<tr>{cells}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _img(images: dict[str, bytes], name: str, alt: str) -> str:
+    data = base64.b64encode(images[name]).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def render_html(report: dict, images: dict[str, bytes]) -> str:
+    """A self-contained HTML page: inline CSS, plots as data URIs, nothing fetched from anywhere."""
+    e = html.escape
+    out = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        "<title>lasnn energy and latency report</title>",
+        f"<style>{_CSS}</style></head><body>",
+        "<h1>lasnn energy and latency report</h1>",
+        "<h2>Summary</h2>",
+        _html_table(*summary_rows(report), text_cols=(0, 1)),
+    ]
+    for i, run in enumerate(report["runs"]):
+        out += [
+            f"<h2>{e(run['label'])}</h2>",
+            f'<p class="note">run {e(run["path"])}; graph {e(str(run.get("graph")))}; data set '
+            f"{e(str(run.get('dataset')))}; encoding {e(str(run.get('encoding')))}; "
+            f"{e(str(run.get('samples')))} samples; T = {run['timesteps']}</p>",
+            _html_table(*_layer_rows(run), text_cols=(0, 1, 2)),
+            "<ul>" + "".join(f"<li>{e(line)}</li>" for line in _latency_lines(run)) + "</ul>",
+            _img(images, f"layers_{i}.png", f"activity per layer of {run['label']}"),
+        ]
+    teacher = report.get("teacher")
+    if teacher:
+        out += [
+            "<h2>Teacher ANN</h2>",
+            f"<p>{e(teacher['path'])} ({e(str(teacher.get('arch')))}): {e(fmt_count(teacher['macs']))} MACs "
+            f"per inference, {e(fmt_energy(teacher['energy'][teacher['energy_model']]))} under "
+            f"{e(teacher['energy_model'])}; test accuracy {e(fmt_accuracy(teacher.get('accuracy')))}</p>",
+        ]
+    out += ["<h2>Energy</h2>", _img(images, "energy.png", "energy per inference")]
+    if "accuracy_energy.png" in images:
+        out += [_img(images, "accuracy_energy.png", "accuracy vs energy")]
+    out += ["<h2>Formulas</h2>", f"<p>Energy: <code>{e(report['formulas']['energy'])}</code></p>"]
+    if report["formulas"].get("latency"):
+        out += [f"<p>Latency: <code>{e(report['formulas']['latency'])}</code></p>"]
+    out += ["<h2>Cost models and their sources</h2>", "<ul>"]
+    out += [
+        f"<li><b>{e(name)}</b>: {e(model.get('title', ''))}. {e(model.get('note', ''))}</li>"
+        for name, model in report["energy_models"].items()
+    ]
+    out += ["</ul>", _html_table(*_constant_rows(report), text_cols=(0, 1, 3)), "</body></html>", ""]
+    return "\n".join(out)

@@ -1,0 +1,336 @@
+"""A batched emulator of Lava's Loihi 2 fixed-point models, bit-exact to them, in torch (CPU or GPU).
+
+Written by hand: Lava's Python simulator has no batch dimension and costs milliseconds per step, and no
+library reproduces its integer arithmetic in batch. The emulator runs a ``LoihiGraph`` (see
+``lasnn.hardware.loihi_graph`` for the exact semantics) with every integer in int64 and the wrap-around of
+Lava's int32 numpy arithmetic reproduced where it applies (a_in sums, the ``<< 6`` shift, the u and v
+additions), the 24-bit single wrap of ``u``, the clip of ``v``, Conv's 24-bit ``a_buf`` wrap, Dense's
+``weight_exp`` shift (arithmetic, flooring) and synapse delays.
+
+Time: every layer runs float step ``t`` of a sample at its own Lava step (its depth), so the emulator steps
+through float time directly: layer L at float step t receives a synapse's spikes of the source's float step
+``t - g`` with ``g = 1 + delay + depth(src) - depth(dst)`` (0 for aligned feed-forward synapses, 1 for
+aligned recurrent ones), and zero before the sample's first step. Results are therefore time-aligned with
+the float graph, as ``sims/backend.py`` requires, and samples are independent.
+
+Synaptic sums are computed as float64 matrix products / convolutions of integers and rounded: every partial
+sum is an integer far below 2**53, so the result is exact whatever algorithm the library picks (even an
+FFT or Winograd convolution, whose tiny errors the rounding removes).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lasnn.export.graph import Graph
+from lasnn.hardware.loihi_graph import (
+    ACT_SHIFT,
+    DECAY_SHIFT,
+    UV_BITS,
+    VTH_SHIFT,
+    LoihiGraph,
+    check_loihi_graph,
+    host_currents_torch,
+)
+from lasnn.hardware.quantise import quantise
+from lasnn.sims.backend import BackendResult
+from tqdm import tqdm
+
+from lasnn.errors import LasnnError
+
+_UV_MAX = 2 ** (UV_BITS - 1)
+_UNITY = 2**DECAY_SHIFT
+
+
+def wrap32(x: torch.Tensor) -> torch.Tensor:
+    """int32 two's-complement wrap of an int64 tensor (numpy's int32 arithmetic overflow)."""
+    return ((x + 2**31) & (2**32 - 1)) - 2**31
+
+
+def wrap24(x: torch.Tensor) -> torch.Tensor:
+    """Lava Conv's ``signed_clamp(x, bits=24)``: ``(x + 2**23) % 2**24 - 2**23``."""
+    return torch.remainder(x + 2**23, 2**24) - 2**23
+
+
+def lif_step(
+    u: torch.Tensor,
+    v: torch.Tensor,
+    a_in: torch.Tensor,
+    du: int,
+    dv: int,
+    bias: torch.Tensor,
+    vth: int,
+    int32_possible: bool = True,
+    u_wrap_possible: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """One ``AbstractPyLifModelFixed`` update (int64 tensors): (u, v, spikes, u wrapped? or None, v before
+    its clip). ``int32_possible``/``u_wrap_possible`` False skip wrap-arounds that the caller proved cannot
+    happen (the result is identical, only faster)."""
+    if du == _UNITY - 1:  # decay constant 4096: the old current is gone (exactly 0)
+        decayed_u = None
+    else:
+        decayed_u = torch.div(u * (_UNITY - (du + 1)), _UNITY, rounding_mode="trunc")
+    if int32_possible:
+        cur = wrap32(wrap32(a_in) << ACT_SHIFT)
+        cur = cur if decayed_u is None else wrap32(decayed_u + cur)
+    else:
+        cur = a_in << ACT_SHIFT
+        cur = cur if decayed_u is None else decayed_u + cur
+    wrapped = None
+    if u_wrap_possible:
+        u_hi, u_lo = cur > _UV_MAX, cur <= -_UV_MAX
+        u = torch.where(u_hi, cur - 2 * _UV_MAX, torch.where(u_lo, cur + 2 * _UV_MAX, cur))
+        wrapped = u_hi | u_lo
+    else:
+        u = cur
+    decayed_v = v if dv == 0 else torch.div(v * (_UNITY - dv), _UNITY, rounding_mode="trunc")
+    total = decayed_v + u + bias
+    if int32_possible:
+        total = wrap32(total)
+    v = total.clamp(-(_UV_MAX - 1), _UV_MAX - 1)
+    spikes = v > (vth << VTH_SHIFT)
+    return u, v.masked_fill(spikes, 0), spikes, wrapped, total
+
+
+class _Compiled:
+    """A LoihiGraph's integer parameters on a device, and the per-synapse float-step lags."""
+
+    def __init__(self, lg: LoihiGraph, device: torch.device) -> None:
+        self.lg = lg
+        self.order = sorted(lg.layers, key=lambda n: lg.layers[n].depth)
+        position = {n: i for i, n in enumerate(self.order)}
+        depth_of = {n: layer.depth for n, layer in lg.layers.items()}
+        depth_of[lg.input.name] = 0
+        self.syn = []
+        for syn in lg.synapses:
+            lag = 1 + syn.delay + depth_of[syn.src] - depth_of[syn.dst]
+            if lag < 0 or (lag == 0 and syn.src in position and position[syn.src] >= position[syn.dst]):
+                raise LasnnError(
+                    f"synapse '{syn.name}' ({syn.src} -> {syn.dst}) would deliver spikes before they "
+                    f"are emitted (delay {syn.delay}, depths {depth_of[syn.src]} -> "
+                    f"{depth_of[syn.dst]}); the Loihi graph's depths and delays are inconsistent."
+                )
+            w = torch.as_tensor(np.asarray(syn.weight), dtype=torch.float64, device=device)
+            exact32 = int(
+                np.abs(np.asarray(syn.weight, dtype=np.int64)).reshape(len(w), -1).sum(1).max(initial=0)
+            )
+            self.syn.append((syn, lag, (w, w.float() if exact32 < 2**24 else None)))
+        self.max_lag = max([lag for _, lag, _ in self.syn], default=0)
+        self.bias = {
+            n: torch.as_tensor(layer.bias(), dtype=torch.int64, device=device)
+            for n, layer in lg.layers.items()
+        }
+        # static bound of |a_in| per layer, to skip wrap-arounds that cannot happen
+        a_bound = {n: 0 for n in lg.layers}
+        for hs in lg.input.host:
+            acc = np.abs(hs.weight).reshape(hs.weight.shape[0], -1).sum(1).max(initial=0) * lg.input.in_max
+            a_bound[hs.dst] += (int(acc) + int(np.abs(hs.bias).max(initial=0)) >> hs.shift) + 1
+        for syn, _, _ in self.syn:
+            rows = np.abs(np.asarray(syn.weight, dtype=np.int64)).reshape(syn.weight.shape[0], -1).sum(1)
+            peak = int(rows.max(initial=0))
+            if syn.kind == "conv":
+                peak = min(peak, 2**23)
+            else:
+                peak = peak << syn.weight_exp if syn.weight_exp >= 0 else (peak >> -syn.weight_exp) + 1
+            a_bound[syn.dst] += peak
+        bias_peak = {n: int(np.abs(layer.bias()).max(initial=0)) for n, layer in lg.layers.items()}
+        self.int32_possible = {
+            n: (a_bound[n] << ACT_SHIFT) * 2 + 2**UV_BITS + bias_peak[n] >= 2**31 for n in lg.layers
+        }
+        self.conv_wrap_possible = {
+            syn.name: int(
+                np.abs(np.asarray(syn.weight, dtype=np.int64))
+                .reshape(syn.weight.shape[0], -1)
+                .sum(1)
+                .max(initial=0)
+            )
+            >= 2**23
+            for syn, _, _ in self.syn
+            if syn.kind == "conv"
+        }
+        self.u_wrap_possible = {
+            n: lg.layers[n].du != _UNITY - 1 or (a_bound[n] << ACT_SHIFT) > _UV_MAX for n in lg.layers
+        }
+
+
+class EmulatorBackend:
+    """Bit-exact batched Loihi emulator: ``EmulatorBackend(device="cpu"|"cuda").run(graph, stream)``.
+
+    ``run`` quantises the float graph (with ``calibration_stream`` if given, else static bounds) and keeps
+    the ``LoihiGraph`` and report in ``self.loihi_graph`` / ``self.report``; ``run_loihi`` runs a
+    ``LoihiGraph`` directly. After a run ``self.stats`` holds per-layer integer ranges (max |u|, max |v|
+    before its clip) and saturation counts (u wraps, v clips, conv a_buf wraps, readout spikes) unless
+    ``collect_stats`` is False (faster).
+    """
+
+    name = "emulator"
+
+    def __init__(
+        self,
+        device: str = "cpu",
+        batch_size: int = 256,
+        calibration_stream: np.ndarray | None = None,
+        progress: bool = True,
+        collect_stats: bool = True,
+    ) -> None:
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise LasnnError(f"device {device!r} was requested for the emulator, but torch sees no CUDA GPU.")
+        self.device = torch.device(device)
+        self.batch_size = int(batch_size)
+        self.calibration_stream = calibration_stream
+        self.progress = progress
+        self.collect_stats = collect_stats
+        self.loihi_graph: LoihiGraph | None = None
+        self.report: dict | None = None
+        self.stats: dict[str, dict] = {}
+
+    def run(self, graph: Graph, stream: np.ndarray) -> BackendResult:
+        self.loihi_graph, self.report = quantise(graph, self.calibration_stream)
+        return self.run_loihi(self.loihi_graph, stream)
+
+    def run_loihi(self, lg: LoihiGraph, stream: np.ndarray) -> BackendResult:
+        check_loihi_graph(lg)
+        stream = np.asarray(stream)
+        shape = tuple(lg.input.shape)
+        if stream.ndim != 2 + len(shape) or tuple(stream.shape[2:]) != shape:
+            raise LasnnError(
+                f"the input stream has shape {stream.shape}; this graph expects [T, B, "
+                f"{', '.join(map(str, shape))}]."
+            )
+        if lg.input.mode == "spikes" and not np.isin(stream, (0, 1)).all():
+            raise LasnnError(
+                "the input stream holds values other than 0 and 1, but this Loihi graph takes "
+                "spikes; encode it with a spike encoding (poisson/latency) or quantise for 'current'."
+            )
+        compiled = _Compiled(lg, self.device)
+        self.stats = {}
+        outs, spikes = [], {n: [] for n, layer in lg.layers.items() if layer.kind == "lif"}
+        chunks = range(0, stream.shape[1], self.batch_size)
+        for b in tqdm(chunks, desc="emulator", unit="batch", disable=not self.progress or len(chunks) < 2):
+            out, spk = self._run_chunk(compiled, stream[:, b : b + self.batch_size])
+            outs.append(out)
+            for n in spikes:
+                spikes[n].append(spk[n])
+        raw = np.concatenate(outs, axis=1)
+        return BackendResult(
+            outputs=lg.readout_to_float(raw).astype(np.float64),
+            spikes={n: np.concatenate(s, axis=1) for n, s in spikes.items()},
+        )
+
+    @torch.no_grad()
+    def _run_chunk(self, c: _Compiled, stream: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        lg, dev = c.lg, self.device
+        steps, batch = stream.shape[:2]
+        x = torch.as_tensor(stream, device=dev)
+        host = host_currents_torch(lg, x, dev)
+        spikes_in = x.to(torch.float64) if lg.input.mode == "spikes" else None  # exact 0/1
+        zeros = {
+            n: torch.zeros((batch, *layer.shape), dtype=torch.int64, device=dev)
+            for n, layer in lg.layers.items()
+        }
+        u = {n: z.clone() for n, z in zeros.items()}
+        v = {n: z.clone() for n, z in zeros.items()}
+        history: dict[str, list[torch.Tensor]] = {n: [] for n in lg.layers}  # bool spikes per step
+        stat_t = {
+            n: {
+                k: torch.zeros((), dtype=torch.int64, device=dev)
+                for k in ("u_max", "v_max", "u_wraps", "v_clips")
+            }
+            for n in lg.layers
+        }
+        conv_wraps = {syn.name: torch.zeros((), dtype=torch.int64, device=dev) for syn, _, _ in c.syn}
+        spike_record = {n: [] for n, layer in lg.layers.items() if layer.kind == "lif"}
+        readout_record = []
+        ro = lg.readout
+        for t in range(steps):
+            for name in c.order:
+                layer = lg.layers[name]
+                wide = c.int32_possible[name]
+                a_in = host[name][t] if name in host else zeros[name]
+                a_in = wrap32(a_in) if wide else a_in
+                for syn, lag, w in c.syn:
+                    if syn.dst != name or t - lag < 0:
+                        continue
+                    src = spikes_in[t - lag] if syn.src == lg.input.name else history[syn.src][t - lag]
+                    acc = self._synapse(syn, w, src.reshape(batch, -1), batch)
+                    if syn.kind == "conv":
+                        if c.conv_wrap_possible[syn.name]:
+                            wrapped = wrap24(acc)
+                            conv_wraps[syn.name] += (wrapped != acc).sum()
+                            acc = wrapped
+                    else:
+                        acc = acc << syn.weight_exp if syn.weight_exp > 0 else acc >> -syn.weight_exp
+                        acc = wrap32(acc) if wide else acc  # a_out travels through an int32 channel
+                    a_in = a_in + acc.reshape(batch, *layer.shape)
+                a_in = wrap32(a_in) if wide else a_in
+                u[name], v[name], s, u_wrap, total = lif_step(
+                    u[name],
+                    v[name],
+                    a_in,
+                    layer.du,
+                    layer.dv,
+                    c.bias[name],
+                    layer.vth,
+                    int32_possible=wide,
+                    u_wrap_possible=c.u_wrap_possible[name],
+                )
+                if self.collect_stats:
+                    st = stat_t[name]
+                    st["u_max"] = torch.maximum(st["u_max"], u[name].abs().max())
+                    st["v_max"] = torch.maximum(st["v_max"], total.abs().max())
+                    st["v_clips"] += (total.abs() >= _UV_MAX).sum()
+                    if u_wrap is not None:
+                        st["u_wraps"] += u_wrap.sum()
+                history[name].append(s)
+                if layer.kind == "lif":
+                    spike_record[name].append(s)
+                if name == ro.layer:
+                    if ro.mode == "current":
+                        readout_record.append(u[name].clone())
+                    elif ro.mode == "potential":
+                        readout_record.append(v[name].clone())
+                    else:
+                        readout_record.append(s.to(torch.int64))
+                    if layer.kind == "readout":
+                        st = stat_t[name]
+                        st.setdefault("readout_spikes", torch.zeros((), dtype=torch.int64, device=dev))
+                        st["readout_spikes"] += s.sum()
+            for name in lg.layers:  # keep only the history that can still be read
+                if len(history[name]) > c.max_lag + 1:
+                    history[name][-(c.max_lag + 2)] = None  # type: ignore[call-overload]
+        self._merge_stats(stat_t, conv_wraps)
+        out = torch.stack(readout_record).cpu().numpy()
+        return out, {n: torch.stack(s).cpu().numpy() for n, s in spike_record.items()}
+
+    @staticmethod
+    def _synapse(
+        syn, w: tuple[torch.Tensor, torch.Tensor | None], s: torch.Tensor, batch: int
+    ) -> torch.Tensor:  # noqa: ANN001
+        """Exact integer synaptic sum of binary spikes ``s``. With ``w[1]`` (a float32 copy, given when every
+        partial sum is an integer below 2**24) it runs in float32 and is accepted only if every result is an
+        integer (any inexact algorithm, e.g. FFT or Winograd, shows up as fractions); else float64."""
+        for weight in (w[1], w[0]) if w[1] is not None else (w[0],):
+            x = s.to(weight.dtype)
+            if syn.geometry is not None:
+                g = syn.geometry
+                acc = F.conv2d(x.reshape(batch, *g.input_shape), weight, stride=g.stride, padding=g.padding)
+            else:
+                acc = x @ weight.T
+            rounded = torch.round(acc)
+            if weight.dtype == torch.float64 or torch.equal(rounded, acc):
+                return rounded.to(torch.int64)
+        raise AssertionError("unreachable")  # the float64 pass always returns
+
+    def _merge_stats(self, stat_t: dict, conv_wraps: dict) -> None:
+        for name, st in stat_t.items():
+            cur = self.stats.setdefault(name, {})
+            for key, value in st.items():
+                value = int(value)
+                if key.endswith("_max"):
+                    cur[key] = max(cur.get(key, 0), value)
+                else:
+                    cur[key] = cur.get(key, 0) + value
+        wraps = self.stats.setdefault("conv_abuf_wraps", {})
+        for name, value in conv_wraps.items():
+            wraps[name] = wraps.get(name, 0) + int(value)

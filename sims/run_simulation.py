@@ -1,0 +1,381 @@
+"""The shared driver behind ``lasnn simulate``: graph + data -> backend run -> ``run.json`` (+ spikes).
+
+One function, ``simulate``, does everything the command line does, so that the demo and the reports
+call exactly the same code:
+
+1. read the NIR graph (``lasnn.export.nir_io.read_nir``) and take data set, encoding and T from its
+   metadata unless given;
+2. take the first N test samples in the data set's fixed order (``lasnn.data.first_samples``), or a
+   foreign graph's pre-encoded inputs from an ``.npy`` file ``(N, T, *input_shape)``;
+3. for the integer backends, quantise the graph once to Loihi fixed point (``lasnn.hardware.quantise``),
+   calibrated on training samples of the same data set (never on the samples being scored), so that the
+   Lava simulator and the emulator run the very same integer network;
+4. encode each sample (Poisson spikes from a generator seeded per sample, so every backend and every
+   batch size sees the same spikes), run the backend batch by batch under a progress bar over samples,
+   and accumulate top-1 accuracy and per-layer activity (``lasnn.hardware.activity.layer_activity``);
+5. write ``run.json`` (keys documented in ``lasnn.sims.backend``) and, if asked, every layer's spike
+   trains as ``.npz`` (``(N, T, *shape)`` per neuron node, the Output node's values as ``output``), both
+   atomically.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lasnn.export.graph import Graph, Input, Neuron, Output
+from tqdm import tqdm
+
+from lasnn.artifacts import atomic_write, write_json
+from lasnn.encoding import ENCODINGS, encode
+from lasnn.errors import LasnnError
+
+BACKENDS = ("lava", "emulator", "float")
+DEFAULT_BATCH = {"lava": 50, "emulator": 256, "float": 256}  # lava: samples per Lava run (one read-back)
+CALIBRATION_SAMPLES = 256  # training samples the quantiser calibrates its scales on
+OUTPUT_KEY = "output"  # key of the Output node's values in a --save-spikes file
+
+
+def make_backend(name: str, device: str = "cpu") -> Any:
+    """The backend object for ``name`` (imported lazily: the float backend never imports Lava)."""
+    if name == "float":
+        from lasnn.sims.float_backend import FloatBackend
+
+        return FloatBackend(progress=False)
+    if name == "emulator":
+        from lasnn.sims.emulator import EmulatorBackend
+
+        return EmulatorBackend(device=device, progress=False)
+    if name == "lava":
+        from lasnn.sims.lava_backend import LavaBackend
+
+        return LavaBackend()
+    raise LasnnError(f"Unknown backend {name!r}; expected one of {', '.join(BACKENDS)}.")
+
+
+def _check_device(device: str) -> str:
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise LasnnError(f"Unknown device {device!r}; expected 'cpu' or 'cuda'.")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise LasnnError(f"Device {device!r} was asked for but torch sees no CUDA GPU; use --device cpu.")
+    return device
+
+
+def _graph_io(graph: Graph, path: str) -> tuple[str, tuple[int, ...], str, tuple[int, ...]]:
+    inputs, outputs = graph.inputs(), graph.outputs()
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise LasnnError(
+            f"{path} has {len(inputs)} input and {len(outputs)} output nodes; lasnn simulates graphs with "
+            "exactly one of each."
+        )
+    in_node, out_node = graph.nodes[inputs[0]], graph.nodes[outputs[0]]
+    assert isinstance(in_node, Input) and isinstance(out_node, Output)
+    return inputs[0], tuple(int(s) for s in in_node.shape), outputs[0], tuple(int(s) for s in out_node.shape)
+
+
+def _load_inputs(path: str | os.PathLike, in_shape: tuple[int, ...], timesteps: int | None) -> np.ndarray:
+    """Pre-encoded inputs ``(N, T, *input_shape)`` from an ``.npy`` file, checked against the graph."""
+    path = Path(path)
+    if not path.is_file():
+        raise LasnnError(
+            f"{path} does not exist; pass an .npy array of shape (N, T, *input_shape) with --inputs."
+        )
+    try:
+        array = np.load(path, allow_pickle=False)
+    except Exception as error:  # numpy raises ValueError/OSError/EOFError for bad files
+        raise LasnnError(
+            f"{path} is not a readable .npy array ({type(error).__name__}); pass an array of "
+            "shape (N, T, *input_shape) saved with numpy.save."
+        ) from error
+    if not isinstance(array, np.ndarray) or array.dtype.kind not in "biuf":
+        raise LasnnError(
+            f"{path} holds {getattr(array, 'dtype', type(array))} data; expected a numeric array "
+            "of shape (N, T, *input_shape)."
+        )
+    if array.ndim != 2 + len(in_shape) or tuple(array.shape[2:]) != in_shape:
+        raise LasnnError(
+            f"{path} has shape {array.shape}; the graph's input expects (N, T, "
+            f"{', '.join(map(str, in_shape))})."
+        )
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise LasnnError(f"{path} has shape {array.shape}; it needs at least one sample and one time step.")
+    if timesteps is not None and array.shape[1] != timesteps:
+        raise LasnnError(
+            f"{path} has {array.shape[1]} time steps but --timesteps {timesteps} was given; pass inputs "
+            "with that many steps."
+        )
+    if not np.isfinite(array).all():
+        raise LasnnError(f"{path} contains NaN or infinite values; inputs must be finite.")
+    return array
+
+
+def _load_labels(path: str | os.PathLike, count: int) -> np.ndarray:
+    path = Path(path)
+    try:
+        labels = np.load(path, allow_pickle=False)
+    except Exception as error:
+        raise LasnnError(
+            f"{path} is not a readable .npy array ({type(error).__name__}); pass integer labels "
+            "of shape (N,) with --labels."
+        ) from error
+    if labels.ndim != 1 or labels.shape[0] != count or labels.dtype.kind not in "iu":
+        raise LasnnError(
+            f"{path} has shape {labels.shape} and dtype {labels.dtype}; expected {count} integer "
+            "labels, one per input sample."
+        )
+    return labels.astype(np.int64)
+
+
+def _dataset_samples(
+    name: str,
+    samples: int | None,
+    data_root: str | None,
+    in_shape: tuple[int, ...],
+    num_classes: int,
+    graph_path: str,
+    meta: dict[str, Any],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    from lasnn.data import dataset_info, first_samples, load_dataset
+
+    info = dataset_info(name, data_root)
+    if tuple(info.input_shape) != in_shape:
+        raise LasnnError(
+            f"Data set {name} has images of shape {tuple(info.input_shape)} but {graph_path} "
+            f"expects input of shape {in_shape}; pass the data set the model was trained on."
+        )
+    if info.num_classes != num_classes:
+        raise LasnnError(
+            f"Data set {name} has {info.num_classes} classes but {graph_path} has "
+            f"{num_classes} outputs; pass the data set the model was trained on."
+        )
+    for key in ("mean", "std"):
+        recorded = meta.get(key)
+        if recorded is not None and (
+            np.shape(recorded) != np.shape(getattr(info, key))
+            or not np.allclose(recorded, getattr(info, key), atol=1e-4)
+        ):
+            raise LasnnError(
+                f"{graph_path} was trained on data normalised with {key} {list(np.round(recorded, 4))}, but "
+                f"data set {name} uses {list(np.round(getattr(info, key), 4))}; pass the data set the model "
+                "was trained on."
+            )
+    dataset, _ = load_dataset(name, "test", data_root, augment=False)
+    return first_samples(dataset, samples)
+
+
+def _calibration_stream(
+    name: str | None,
+    data_root: str | None,
+    timesteps: int,
+    encoding: str | None,
+    inputs: np.ndarray | None,
+    seed: int,
+) -> np.ndarray:
+    """Encoded training samples ``[T, B, ...]`` for the quantiser (the scored samples for foreign inputs,
+    which come without a training split)."""
+    if inputs is not None:
+        return np.ascontiguousarray(np.moveaxis(inputs[:CALIBRATION_SAMPLES], 1, 0))
+    from lasnn.data import first_samples, load_dataset
+
+    dataset, _ = load_dataset(name, "train", data_root, augment=False)
+    images, _ = first_samples(dataset, CALIBRATION_SAMPLES)
+    return _encode(images, timesteps, encoding, seed + 1, 0)
+
+
+def _encode(images: torch.Tensor, timesteps: int, encoding: str, seed: int, first_index: int) -> np.ndarray:
+    """Encode ``[B, C, H, W]`` images to ``[T, B, ...]``; Poisson noise from one generator per sample
+    (seeded by ``seed`` and the sample's index) so results do not depend on batching or backend."""
+    if encoding != "poisson":
+        return encode(images, timesteps, encoding).numpy()
+    parts = []
+    for i in range(images.shape[0]):
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + first_index + i)
+        parts.append(encode(images[i : i + 1], timesteps, encoding, gen))
+    return torch.cat(parts, dim=1).numpy()
+
+
+def simulate(
+    graph_path: str | os.PathLike,
+    backend: str = "emulator",
+    dataset: str | None = None,
+    samples: int | None = None,
+    batch_size: int | None = None,
+    device: str = "cpu",
+    data_root: str | os.PathLike | None = None,
+    inputs: str | os.PathLike | None = None,
+    labels: str | os.PathLike | None = None,
+    timesteps: int | None = None,
+    out: str | os.PathLike | None = None,
+    save_spikes: str | os.PathLike | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Simulate the NIR graph at ``graph_path`` on ``backend`` and return (and write to ``out``) the run
+    record; see the module docstring. ``samples`` = the first N test samples (all when None)."""
+    from lasnn.export.nir_io import read_nir
+    from lasnn.hardware.activity import layer_activity
+
+    started = time.perf_counter()
+    if backend not in BACKENDS:
+        raise LasnnError(f"Unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}.")
+    device = _check_device(device)
+    if samples is not None and samples < 1:
+        raise LasnnError(f"--samples must be a positive number of samples, got {samples}.")
+    if batch_size is not None and batch_size < 1:
+        raise LasnnError(f"--batch-size must be a positive number of samples, got {batch_size}.")
+    if timesteps is not None and timesteps < 1:
+        raise LasnnError(f"--timesteps must be a positive number of time steps, got {timesteps}.")
+    if inputs is not None and dataset is not None:
+        raise LasnnError("Pass either --dataset or --inputs, not both.")
+    if save_spikes is not None and Path(save_spikes).suffix != ".npz":
+        raise LasnnError(f"--save-spikes {save_spikes} must name an .npz file.")
+    graph_path = str(graph_path)
+    graph = read_nir(graph_path)
+    meta = graph.metadata
+    in_name, in_shape, out_name, out_shape = _graph_io(graph, graph_path)
+    names = [n for n, node in graph.nodes.items() if isinstance(node, Neuron)]
+    if OUTPUT_KEY in names:
+        raise LasnnError(
+            f"{graph_path} has a neuron node named {OUTPUT_KEY!r}, which the spike file "
+            "reserves for the Output node; rename that node."
+        )
+    steps = timesteps if timesteps is not None else meta.get("timesteps")
+
+    encoding: str | None = None
+    label_array: np.ndarray | None = None
+    if inputs is not None:
+        data = _load_inputs(inputs, in_shape, timesteps)  # T: the inputs' own unless --timesteps is given
+        steps = int(data.shape[1])
+        if labels is not None:
+            label_array = _load_labels(labels, int(data.shape[0]))
+        if samples is not None:
+            data = data[:samples]
+        count = int(data.shape[0])
+        if label_array is not None:
+            label_array = label_array[:count]
+        dataset_name = None
+        images = None
+    else:
+        if labels is not None:
+            raise LasnnError("--labels goes with --inputs; a data set brings its own labels.")
+        dataset_name = dataset or meta.get("dataset")
+        if dataset_name is None:
+            raise LasnnError(f"{graph_path} records no data set; pass --dataset NAME or --inputs X.npy.")
+        if steps is None:
+            raise LasnnError(f"{graph_path} records no number of time steps; pass --timesteps T.")
+        encoding = meta.get("encoding")
+        if encoding not in ENCODINGS:
+            raise LasnnError(
+                f"{graph_path} records encoding {encoding!r}; expected one of "
+                f"{', '.join(ENCODINGS)} (foreign graphs: pass pre-encoded --inputs instead)."
+            )
+        if len(out_shape) != 1:
+            raise LasnnError(
+                f"{graph_path} has output shape {out_shape}; classifying a data set needs a "
+                "flat (num_classes,) output."
+            )
+        images, label_tensor = _dataset_samples(
+            dataset_name, samples, data_root, in_shape, out_shape[0], graph_path, meta
+        )
+        label_array = label_tensor.numpy().astype(np.int64)
+        count = int(images.shape[0])
+        data = None
+    steps = int(steps)
+    graph.metadata["timesteps"] = steps  # the quantiser builds the Loihi schedule for this T
+
+    runner = make_backend(backend, device)
+    quant_report = None
+    sim_graph: Any = graph
+    if backend in ("lava", "emulator"):
+        from lasnn.hardware.quantise import quantise
+
+        calib = _calibration_stream(dataset_name, data_root, steps, encoding, data, seed)
+        sim_graph, quant_report = quantise(graph, calib)
+
+    batch = batch_size or DEFAULT_BATCH[backend]
+    correct = 0
+    activity: list[dict] | None = None
+    spike_parts: dict[str, list[np.ndarray]] = {}
+    bar = tqdm(total=count, desc=f"simulate ({backend})", unit="sample", disable=not progress)
+    try:
+        for start in range(0, count, batch):
+            stop = min(start + batch, count)
+            if data is not None:
+                stream = np.ascontiguousarray(np.moveaxis(data[start:stop], 1, 0))
+            else:
+                stream = _encode(images[start:stop], steps, encoding, seed, start)
+            result = (
+                runner.run(sim_graph, stream) if quant_report is None else runner.run_loihi(sim_graph, stream)
+            )
+            outputs = np.asarray(result.outputs)
+            if outputs.shape[:2] != (steps, stop - start):
+                raise LasnnError(
+                    f"Backend {backend} returned outputs of shape {outputs.shape}; expected "
+                    f"({steps}, {stop - start}, ...). This is a bug in the backend."
+                )
+            if label_array is not None:
+                logits = outputs.reshape(steps, stop - start, -1).mean(axis=0)
+                correct += int((logits.argmax(axis=1) == label_array[start:stop]).sum())
+            layers = layer_activity(graph, result.spikes, stream)
+            activity = _accumulate(activity, layers, stop - start)
+            if save_spikes is not None:
+                for name in names:
+                    spike_parts.setdefault(name, []).append(
+                        np.moveaxis(result.spikes[name], 1, 0).astype(np.uint8)
+                    )
+                spike_parts.setdefault(OUTPUT_KEY, []).append(np.moveaxis(outputs, 1, 0))
+            bar.update(stop - start)
+    finally:
+        bar.close()
+    for entry in activity or []:
+        for key in ("spikes", "synaptic_ops", "macs", "neuron_updates"):
+            if key in entry and entry[key] is not None:
+                entry[key] = entry[key] / count
+
+    record = {
+        "backend": backend,
+        "samples": count,
+        "timesteps": steps,
+        "accuracy": None if label_array is None else correct / count,
+        "correct": None if label_array is None else correct,
+        "layers": activity or [],
+        "quantisation": quant_report,
+        "graph": graph_path,
+        "dataset": dataset_name,
+        "inputs": None if inputs is None else str(inputs),
+        "encoding": encoding,
+        "seed": seed,
+        "batch_size": batch,
+        "device": device if backend == "emulator" else "cpu",
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+        },
+        "wall_seconds": time.perf_counter() - started,
+    }
+    if save_spikes is not None:
+        arrays = {name: np.concatenate(parts, axis=0) for name, parts in spike_parts.items()}
+        with atomic_write(save_spikes, "wb") as handle:
+            np.savez_compressed(handle, **arrays)
+        record["spikes_file"] = str(save_spikes)
+    if out is not None:
+        write_json(out, record)
+    return record
+
+
+def _accumulate(total: list[dict] | None, layers: list[dict], batch: int) -> list[dict]:
+    """Sum per-inference layer counts weighted by batch size (divided by the sample count at the end)."""
+    counted = ("spikes", "synaptic_ops", "macs", "neuron_updates")
+    if total is None:
+        return [{**e, **{k: e[k] * batch for k in counted if e.get(k) is not None}} for e in layers]
+    for acc, entry in zip(total, layers, strict=True):
+        for key in counted:
+            if entry.get(key) is not None:
+                acc[key] += entry[key] * batch
+    return total

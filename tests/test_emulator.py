@@ -1,0 +1,359 @@
+"""The emulator against an independent numpy re-implementation of Lava's fixed-point process models.
+
+The reference below follows lava-nc 0.10.0's source line by line (``lava/proc/lif/models.py``
+``AbstractPyLifModelFixed``/``PyLifResetModelBitAcc``, ``lava/proc/dense/models.py``
+``PyDenseModelBitAcc`` and ``PyDelayDenseModelBitAcc``, ``lava/proc/conv/models.py`` ``PyConvModelFixed``), in
+numpy int32 arrays as Lava keeps them, and it runs in *Lava time*: samples streamed back to back, every
+population a LIFReset with its reset offset, every synapse a one-step buffer (plus delay). The emulator runs
+in float time. Agreement of every spike and readout value checks the arithmetic and the time alignment of the
+contract.
+"""
+
+from __future__ import annotations
+
+import lasnn.sims  # noqa: F401 - installs the Lava import hook before lava.utils is imported
+import numpy as np
+import pytest
+import torch
+from lasnn.hardware.loihi_graph import (
+    ConvGeometry,
+    HostSynapse,
+    LoihiGraph,
+    LoihiInput,
+    LoihiLayer,
+    LoihiReadout,
+    LoihiSynapse,
+)
+from lasnn.sims.emulator import EmulatorBackend, lif_step, wrap24
+
+from lasnn.errors import LasnnError
+
+# ----------------------------------------------------------------------------------------------------
+# independent reference
+
+
+def _corr2d(x: np.ndarray, k: np.ndarray, stride: tuple[int, int], pad: tuple[int, int]) -> np.ndarray:
+    """Plain-loop cross-correlation (torch's convention) of one (C, H, W) image, int64."""
+    c_out, c_in, kh, kw = k.shape
+    xp = np.pad(x, ((0, 0), (pad[0], pad[0]), (pad[1], pad[1])))
+    ho = (xp.shape[1] - kh) // stride[0] + 1
+    wo = (xp.shape[2] - kw) // stride[1] + 1
+    out = np.zeros((c_out, ho, wo), dtype=np.int64)
+    for o in range(c_out):
+        for y in range(ho):
+            for z in range(wo):
+                patch = xp[:, y * stride[0] : y * stride[0] + kh, z * stride[1] : z * stride[1] + kw]
+                out[o, y, z] = int((patch.astype(np.int64) * k[o].astype(np.int64)).sum())
+    return out
+
+
+def _lif_reference(u, v, a_in, du, dv, bias, vth):  # noqa: ANN001, ANN202 - Lava's subthr_dynamics, verbatim
+    max_uv = 2**23
+    decayed_curr = np.int64(u) * (4096 - (du + 1))
+    decayed_curr = np.sign(decayed_curr) * np.right_shift(np.abs(decayed_curr), 12)
+    decayed_curr = np.int32(decayed_curr)
+    activation_in = np.left_shift(a_in.astype(np.int32), 6)
+    decayed_curr += activation_in
+    wrapped = np.where(decayed_curr > max_uv, decayed_curr - 2 * max_uv, decayed_curr)
+    wrapped = np.where(wrapped <= -max_uv, decayed_curr + 2 * max_uv, wrapped)
+    u = wrapped.astype(np.int32)
+    decayed_volt = np.int64(v) * (4096 - dv)
+    decayed_volt = np.sign(decayed_volt) * np.right_shift(np.abs(decayed_volt), 12)
+    decayed_volt = np.int32(decayed_volt)
+    updated = decayed_volt + u + bias.astype(np.int32)
+    v = np.clip(updated, -max_uv + 1, max_uv - 1).astype(np.int32)
+    spikes = v > (vth << 6)
+    v[spikes] = 0
+    return u, v, spikes
+
+
+def lava_reference(lg: LoihiGraph, stream: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Stream all samples through Lava-time processes; return (raw readout [T, B, ...], spikes by layer)."""
+    from lava.utils.weightutils import SignMode, clip_weights, determine_sign_mode, truncate_weights
+
+    steps, batch = stream.shape[:2]
+    period = lg.steps_per_sample(0)
+    total = lg.total_steps(batch, 0)
+    depth = max(layer.depth for layer in lg.layers.values())
+    # host currents: the contract's integer recipe, re-done in numpy (dense host synapses only here)
+    host: dict[str, np.ndarray] = {}
+    for hs in lg.input.host:
+        assert hs.geometry is None
+        xq = np.clip(np.rint(stream * lg.input.in_scale), -lg.input.in_max, lg.input.in_max).astype(np.int64)
+        if hs.delay:
+            xq = np.concatenate([np.zeros_like(xq[: hs.delay]), xq[: steps - hs.delay]])
+        acc = np.einsum("tbi,oi->tbo", xq.reshape(steps, batch, -1), hs.weight.astype(np.int64))
+        acc = acc + hs.bias.reshape(-1)
+        host[hs.dst] = host.get(hs.dst, 0) + ((acc + (1 << (hs.shift - 1))) >> hs.shift)
+    # synapse processes
+    syn_state = []
+    for syn in lg.synapses:
+        w = np.asarray(syn.weight)
+        if syn.kind == "dense":
+            mat = syn.matrix().toarray() if syn.geometry is not None else w
+            mode = determine_sign_mode(mat)
+            mat2 = truncate_weights(clip_weights(mat, mode, num_bits=8), mode, 8)
+            assert np.array_equal(mat2, mat), "quantised weights must be left unchanged by Lava"
+            assert mode in (SignMode.MIXED, SignMode.EXCITATORY, SignMode.INHIBITORY)
+            syn_state.append(
+                {"w": mat2.astype(np.int32), "buf": np.zeros((mat.shape[0], syn.delay + 1), np.int64)}
+            )
+        else:
+            syn_state.append({"w": w, "buf": None})
+    u = {n: np.zeros(layer.size, np.int32) for n, layer in lg.layers.items()}
+    v = {n: np.zeros(layer.size, np.int32) for n, layer in lg.layers.items()}
+    spikes_rec = {n: np.zeros((total + 1, layer.size), bool) for n, layer in lg.layers.items()}
+    u_rec = {n: np.zeros((total + 1, layer.size), np.int64) for n, layer in lg.layers.items()}
+    v_rec = {n: np.zeros((total + 1, layer.size), np.int64) for n, layer in lg.layers.items()}
+    for tau in range(1, total + 1):
+        # 1) synapses send their buffers
+        sent = []
+        for syn, st in zip(lg.synapses, syn_state, strict=True):
+            sent.append(st["buf"][:, 0].copy() if syn.kind == "dense" else st.get("a_buf", 0))
+        # 2) neurons
+        out_spikes = {}
+        for name, layer in lg.layers.items():
+            a_in = np.zeros(layer.size, np.int64)
+            for syn, a in zip(lg.synapses, sent, strict=True):
+                if syn.dst == name:
+                    a_in = a_in + a
+            local = tau - 1 - layer.depth
+            if name in host and local >= 0 and local // period < batch and local % period < steps:
+                a_in = a_in + host[name][local % period, local // period]
+            if tau % period == (1 + layer.depth) % period:  # LIFReset, before the update
+                u[name][:] = 0
+                v[name][:] = 0
+            bias = np.left_shift(layer.bias_mant.astype(np.int32), layer.bias_exp).reshape(-1)
+            u[name], v[name], s = _lif_reference(
+                u[name], v[name], a_in.astype(np.int32), layer.du, layer.dv, bias, layer.vth
+            )
+            out_spikes[name] = s
+            spikes_rec[name][tau], u_rec[name][tau], v_rec[name][tau] = s, u[name], v[name]
+        # 3) synapses receive this step's spikes
+        n_in, t_in = (tau - 1) // period, (tau - 1) % period
+        in_spk = (
+            stream[t_in, n_in].reshape(-1) if n_in < batch and t_in < steps else np.zeros(stream[0, 0].size)
+        )
+        for syn, st in zip(lg.synapses, syn_state, strict=True):
+            s_in = in_spk if syn.src == lg.input.name else out_spikes[syn.src].astype(np.int64)
+            if syn.kind == "dense":
+                acc = st["w"][:, s_in.astype(bool)].sum(axis=1).astype(np.int64)
+                acc = (
+                    np.left_shift(acc, syn.weight_exp)
+                    if syn.weight_exp > 0
+                    else np.right_shift(acc, -syn.weight_exp)
+                )
+                buf = st["buf"]
+                buf[:, 0] = 0
+                st["buf"] = np.roll(buf, -1, axis=1)
+                st["buf"][:, syn.delay] += acc
+            else:
+                g = syn.geometry
+                acc = _corr2d(s_in.reshape(g.input_shape), syn.weight, g.stride, g.padding).reshape(-1)
+                st["a_buf"] = (acc + 2**23) % 2**24 - 2**23
+    # extract each layer's window of each sample
+    spikes = {}
+    for name, layer in lg.layers.items():
+        idx = np.array([[n * period + 1 + t + layer.depth for n in range(batch)] for t in range(steps)])
+        spikes[name] = spikes_rec[name][idx].reshape(steps, batch, *layer.shape)
+    ro = lg.readout
+    layer = lg.layers[ro.layer]
+    idx = np.array([[n * period + 1 + t + layer.depth for n in range(batch)] for t in range(steps)])
+    src = {"current": u_rec, "potential": v_rec}.get(ro.mode)
+    raw = (src[ro.layer] if src is not None else spikes_rec[ro.layer].astype(np.int64))[idx]
+    assert depth == lg.depth
+    return raw.reshape(steps, batch, *layer.shape), spikes
+
+
+# ----------------------------------------------------------------------------------------------------
+# random Loihi graphs
+
+
+def _layer(rng, name, shape, depth, kind="lif", du=4095, dv=None, vth=None, bias_scale=0):  # noqa: ANN001, ANN202
+    n = int(np.prod(shape))
+    return LoihiLayer(
+        name=name,
+        shape=shape,
+        kind=kind,
+        du=du,
+        dv=int(rng.integers(0, 4096)) if dv is None else dv,
+        vth=int(rng.integers(20, 400)) if vth is None else vth,
+        bias_mant=rng.integers(-bias_scale, bias_scale + 1, size=shape).astype(np.int32)
+        if bias_scale
+        else np.zeros(shape, np.int32),
+        bias_exp=rng.integers(0, 4, size=shape).astype(np.int32) if bias_scale else np.zeros(shape, np.int32),
+        scale=np.full(shape, 1.0 + n % 3),
+        v_offset=np.zeros(shape),
+        depth=depth,
+    )
+
+
+def _mixed_even(rng, shape, high=254):  # noqa: ANN001, ANN202
+    return (rng.integers(-high // 2, high // 2 + 1, size=shape) * 2).astype(np.int32)
+
+
+def feedforward_graph(rng: np.random.Generator, wrap: bool = False) -> LoihiGraph:
+    """Spike input -> Dense -> CUBA LIF (2,5,5) -> Conv -> LIF (3,5,5) -> [Conv + delayed Dense shortcut from
+    the first layer] -> LIF (3,5,5) -> Dense -> current readout (4)."""
+    layers = {
+        "a": _layer(rng, "a", (2, 5, 5), 1, du=int(rng.integers(0, 4095)), bias_scale=60),
+        "b": _layer(rng, "b", (3, 5, 5), 2),
+        "c": _layer(rng, "c", (3, 5, 5), 3, bias_scale=30),
+        "out": _layer(rng, "out", (4,), 4, kind="readout", du=4095, dv=0, vth=2**17 - 1),
+    }
+    g_conv = ConvGeometry(input_shape=(2, 5, 5), output_shape=(3, 5, 5), stride=(1, 1), padding=(1, 1))
+    g_skip = ConvGeometry(input_shape=(2, 5, 5), output_shape=(3, 5, 5))
+    syns = [
+        LoihiSynapse("in", "input", "a", "dense", _mixed_even(rng, (50, 12)), weight_exp=7 if wrap else -1),
+        LoihiSynapse(
+            "ab",
+            "a",
+            "b",
+            "conv",
+            rng.integers(-128, 128, size=(3, 2, 3, 3)).astype(np.int32),
+            geometry=g_conv,
+        ),
+        LoihiSynapse(
+            "bc",
+            "b",
+            "c",
+            "conv",
+            rng.integers(-128, 128, size=(3, 3, 3, 3)).astype(np.int32),
+            geometry=ConvGeometry((3, 5, 5), (3, 5, 5), (1, 1), (1, 1)),
+        ),
+        LoihiSynapse(
+            "ac",
+            "a",
+            "c",
+            "dense",
+            rng.integers(0, 256, size=(3, 2, 1, 1)).astype(np.int32),
+            weight_exp=2,
+            delay=1,
+            geometry=g_skip,
+        ),
+        LoihiSynapse("cout", "c", "out", "dense", _mixed_even(rng, (4, 75)), weight_exp=3),
+    ]
+    return LoihiGraph(
+        input=LoihiInput(name="input", shape=(12,), mode="spikes"),
+        layers=layers,
+        synapses=syns,
+        readout=LoihiReadout(name="output", mode="current", layer="out", offset=rng.standard_normal(4)),
+        timesteps=5,
+    )
+
+
+def host_recurrent_graph(rng: np.random.Generator) -> LoihiGraph:
+    """Analog input computed on the host -> CUBA LIF (6) with a recurrent Dense -> LIF (5) -> LI readout."""
+    layers = {
+        "h": _layer(rng, "h", (6,), 0, du=1000, dv=500, vth=300),
+        "k": _layer(rng, "k", (5,), 1, dv=2048, bias_scale=100),
+        "li": _layer(rng, "li", (3,), 2, kind="readout", du=3000, dv=300, vth=2**17 - 1),
+    }
+    host = [
+        HostSynapse(
+            "host", "h", rng.integers(-30000, 30000, size=(6, 4)), rng.integers(-5000, 5000, size=6), shift=12
+        )
+    ]
+    syns = [
+        LoihiSynapse("rec", "h", "h", "dense", _mixed_even(rng, (6, 6)), weight_exp=1, recurrent=True),
+        LoihiSynapse("hk", "h", "k", "dense", _mixed_even(rng, (5, 6)), weight_exp=2),
+        LoihiSynapse(
+            "kli", "k", "li", "dense", rng.integers(0, 256, size=(3, 5)).astype(np.int32), weight_exp=0
+        ),
+    ]
+    return LoihiGraph(
+        input=LoihiInput(
+            name="input", shape=(4,), mode="current", in_scale=1000.0, in_max=2**15 - 1, host=host
+        ),
+        layers=layers,
+        synapses=syns,
+        readout=LoihiReadout(name="output", mode="potential", layer="li", offset=np.zeros(3)),
+        timesteps=6,
+    )
+
+
+@pytest.mark.parametrize("wrap", [False, True])
+def test_emulator_matches_lava_reference_feedforward(wrap: bool) -> None:
+    rng = np.random.default_rng(3 + wrap)
+    lg = feedforward_graph(rng, wrap=wrap)
+    stream = (rng.random((5, 7, 12)) < 0.5).astype(np.float64)
+    emu = EmulatorBackend(progress=False, batch_size=3)  # chunks of 3: chunking must not matter
+    result = emu.run_loihi(lg, stream)
+    raw, spikes = lava_reference(lg, stream)
+    for name in ("a", "b", "c"):
+        assert np.array_equal(result.spikes[name], spikes[name]), name
+        assert 0 < spikes[name].mean() < 1, f"layer {name} is silent or saturated; the test would be weak"
+    assert np.array_equal(result.outputs, lg.readout_to_float(raw))
+    if wrap:  # the huge input weights must have exercised the 24-bit wrap of u and the clip of v
+        assert emu.stats["a"]["u_wraps"] > 0 and emu.stats["a"]["v_clips"] > 0
+    else:
+        assert emu.stats["a"]["u_wraps"] == 0
+
+
+def test_emulator_matches_lava_reference_host_input_and_recurrence() -> None:
+    rng = np.random.default_rng(11)
+    lg = host_recurrent_graph(rng)
+    stream = rng.standard_normal((6, 5, 4))
+    result = EmulatorBackend(progress=False).run_loihi(lg, stream)
+    # the recurrent buffer must not carry a sample's last spikes into the next: run samples one by one
+    for b in range(stream.shape[1]):
+        raw, spikes = lava_reference(lg, stream[:, b : b + 1])
+        for name in ("h", "k"):
+            assert np.array_equal(result.spikes[name][:, b : b + 1], spikes[name]), (name, b)
+        assert np.array_equal(result.outputs[:, b : b + 1], lg.readout_to_float(raw))
+    assert 0 < result.spikes["h"].mean() < 1 and 0 < result.spikes["k"].mean() < 1
+
+
+def test_wrap24_is_lavas_signed_clamp() -> None:
+    from lava.proc.conv.utils import signed_clamp
+
+    x = np.array(
+        [0, 2**23 - 1, 2**23, -(2**23), -(2**23) - 1, 3 * 2**23 + 5, -(5 * 2**23) - 7], dtype=np.int64
+    )
+    assert np.array_equal(wrap24(torch.as_tensor(x)).numpy(), signed_clamp(x, bits=24))
+
+
+def test_emulator_refuses_inconsistent_graphs() -> None:
+    rng = np.random.default_rng(0)
+    lg = feedforward_graph(rng)
+    lg.synapses[3].delay = 0  # the shortcut would deliver a spike of a later float step: not aligned
+    with pytest.raises(LasnnError, match="'ac'"):
+        EmulatorBackend(progress=False).run_loihi(lg, (rng.random((5, 2, 12)) < 0.5).astype(float))
+    lg = feedforward_graph(rng)
+    lg.synapses[1].weight[0, 0, 0, 0] = 300  # not int8
+    with pytest.raises(LasnnError, match="synapse 'ab'"):
+        EmulatorBackend(progress=False).run_loihi(lg, (rng.random((5, 2, 12)) < 0.5).astype(float))
+    with pytest.raises(LasnnError, match="values other than 0 and 1"):
+        EmulatorBackend(progress=False).run_loihi(feedforward_graph(rng), rng.random((5, 2, 12)))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+def test_emulator_cuda_matches_cpu() -> None:
+    rng = np.random.default_rng(5)
+    lg = feedforward_graph(rng, wrap=True)
+    stream = (rng.random((5, 9, 12)) < 0.5).astype(np.float64)
+    cpu = EmulatorBackend(progress=False).run_loihi(lg, stream)
+    gpu = EmulatorBackend(device="cuda", progress=False).run_loihi(lg, stream)
+    assert np.array_equal(cpu.outputs, gpu.outputs)
+    assert all(np.array_equal(cpu.spikes[n], gpu.spikes[n]) for n in cpu.spikes)
+
+
+@pytest.mark.parametrize("du,dv", [(4095, 0), (0, 4095), (1234, 321)])
+def test_lif_step_matches_lava_equations_in_extreme_ranges(du: int, dv: int) -> None:
+    """Inputs up to 2**30 overflow Lava's int32 arithmetic; the emulator must wrap exactly as numpy does."""
+    rng = np.random.default_rng(du + dv)
+    n = 4000
+    u = rng.integers(-(2**23) + 1, 2**23, size=n).astype(np.int32)
+    v = rng.integers(-(2**23) + 1, 2**23, size=n).astype(np.int32)
+    bias = (rng.integers(-4096, 4096, size=n) << rng.integers(0, 8, size=n)).astype(np.int32)
+    for scale in (2**10, 2**17, 2**26, 2**30):
+        a_in = rng.integers(-scale, scale, size=n).astype(np.int32)
+        ref_u, ref_v, ref_s = _lif_reference(u.copy(), v.copy(), a_in, du, dv, bias, 1000)
+        t = lambda a: torch.as_tensor(a.astype(np.int64))  # noqa: E731
+        out = lif_step(t(u), t(v), t(a_in), du, dv, t(bias), 1000)
+        assert np.array_equal(out[0].numpy(), ref_u) and np.array_equal(out[1].numpy(), ref_v)
+        assert np.array_equal(out[2].numpy(), ref_s)
+        if scale <= 2**17:  # small enough that int32 cannot overflow: the fast path must agree
+            fast = lif_step(t(u), t(v), t(a_in), du, dv, t(bias), 1000, int32_possible=False)
+            assert np.array_equal(fast[1].numpy(), ref_v) and np.array_equal(fast[0].numpy(), ref_u)
+        u, v = ref_u, ref_v

@@ -1,0 +1,249 @@
+"""Reports: totals recomputed independently from report.json, a self-contained HTML that parses and renders
+in headless Chromium, the teacher's MAC energy, and user errors."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from lasnn.export.graph import Affine, Conv2d, Flatten, Graph, Input, Neuron, Output, SumPool2d
+from lasnn.hardware.activity import layer_activity
+
+from lasnn.errors import LasnnError
+from lasnn.reports import commands
+from lasnn.reports.report import load_run, make_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _neuron(shape):
+    z = np.zeros(shape)
+    return Neuron(shape=shape, alpha_v=z + 0.5, gain=z + 0.5, v_threshold=z + 1, v_reset=z, v_leak=z)
+
+
+def _run_json(path: Path, rate: float, timesteps: int, accuracy: float, seed: int) -> Path:
+    """A run.json whose layers come from real activity counting on a small conv graph."""
+    g = Graph(
+        {
+            "input": Input((1, 8, 8)),
+            "conv": Conv2d(np.ones((4, 1, 3, 3)), None, (1, 8, 8), (1, 1), (1, 1)),
+            "lif1": _neuron((4, 8, 8)),
+            "pool": SumPool2d((2, 2), (2, 2), (4, 8, 8)),
+            "flat": Flatten((4, 4, 4)),
+            "fc": Affine(np.ones((10, 64))),
+            "output": Output((10,)),
+        },
+        [
+            ("input", "conv"),
+            ("conv", "lif1"),
+            ("lif1", "pool"),
+            ("pool", "flat"),
+            ("flat", "fc"),
+            ("fc", "output"),
+        ],
+        {"encoding": "direct"},
+    )
+    rng = np.random.default_rng(seed)
+    stream = rng.normal(size=(timesteps, 3, 1, 8, 8))
+    spikes = {"lif1": (rng.random((timesteps, 3, 4, 8, 8)) < rate).astype(np.uint8)}
+    run = {
+        "backend": "emulator",
+        "samples": 3,
+        "timesteps": timesteps,
+        "accuracy": accuracy,
+        "dataset": "digits",
+        "encoding": "direct",
+        "graph": f"{path.stem}.nir",
+        "layers": layer_activity(g, spikes, stream),
+        "quantisation": None,
+    }
+    path.write_text(json.dumps(run))
+    return path
+
+
+class _Collector(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: list[str] = []
+        self.external: list[str] = []
+        self.tags: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.tags.append(tag)
+        if tag == "img":
+            self.images.append(attrs.get("src", ""))
+        for key in ("src", "href"):
+            value = attrs.get(key)
+            if value and not value.startswith("data:") and not value.startswith("#"):
+                self.external.append(value)
+
+
+@pytest.fixture(scope="module")
+def report_dir(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("report")
+    a = _run_json(tmp / "student.json", 0.1, 4, 0.95, 0)
+    b = _run_json(tmp / "converted.json", 0.3, 16, 0.90, 1)
+    out = tmp / "out"
+    result = make_report([a, b], out, labels=["LaSNN student", "converted SNN"])
+    return out, result
+
+
+def test_report_files_and_totals_recomputed(report_dir):
+    out, result = report_dir
+    for name in (
+        "report.md",
+        "report.html",
+        "report.json",
+        "layers_0.png",
+        "layers_1.png",
+        "energy.png",
+        "accuracy_energy.png",
+    ):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+        if name.endswith(".png"):
+            assert (out / name).read_bytes().startswith(PNG_MAGIC)
+    report = json.loads((out / "report.json").read_text())
+    assert [r["label"] for r in report["runs"]] == ["LaSNN student", "converted SNN"]
+    for run in report["runs"]:
+        for name, model in report["energy_models"].items():
+            c = {k: v["value"] for k, v in model["energy"].items()}
+            expected = 0.0
+            for layer in run["layers"]:  # the formula written out, constants read back from report.json
+                ac = layer["synaptic_ops"] - layer["macs"]
+                expected += (
+                    ac * c["synop"]
+                    + layer["macs"] * c["graded"]
+                    + layer["spikes"] * c["neuron_active"]
+                    + (layer["neuron_updates"] - layer["spikes"]) * c["neuron_inactive"]
+                    + layer["spikes"] * c["spike"]
+                )
+            assert run["energy"][name]["energy"] == pytest.approx(expected, rel=1e-12)
+            assert sum(layer["energy"][name] for layer in run["layers"]) == pytest.approx(expected, rel=1e-12)
+        assert run["totals"]["spikes"] == pytest.approx(sum(layer["spikes"] for layer in run["layers"]))
+        lat = run["latency"]["loihi"]
+        assert lat["latency"] == pytest.approx(lat["steps"] * lat["time_per_step"])
+        assert lat["steps"] == run["timesteps"] + len(run["layers"])
+    # the loihi constants carry their source
+    assert "Davies" in report["energy_models"]["loihi"]["energy"]["synop"]["source"]
+    assert "Horowitz" in report["energy_models"]["cmos45"]["energy"]["synop"]["source"]
+    md = (out / "report.md").read_text()
+    assert "latency" in md.lower() and "t_step" in md and "LaSNN student" in md
+
+
+def test_html_is_self_contained_and_parses(report_dir):
+    out, _ = report_dir
+    text = (out / "report.html").read_text()
+    parser = _Collector()
+    parser.feed(text)
+    parser.close()
+    assert parser.tags.count("img") == 4 and "table" in parser.tags
+    assert not parser.external, parser.external
+    for src in parser.images:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1]).startswith(PNG_MAGIC)
+    assert "<script" not in text and "<link" not in text
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.mark.skipif(_chromium() is None, reason="chromium is not installed")
+def test_html_renders_in_headless_chromium(report_dir, tmp_path):
+    from PIL import Image
+
+    out, _ = report_dir
+    shot = tmp_path / "shot.png"
+    cmd = [
+        _chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        f"--screenshot={shot}",
+        "--window-size=1200,2000",
+        (out / "report.html").resolve().as_uri(),
+    ]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+    image = np.asarray(Image.open(shot).convert("L"), dtype=np.float64)
+    assert image.shape == (2000, 1200)
+    assert image.std() > 10  # not a blank page: text, tables and plots
+    assert (image < 128).mean() > 0.005  # some dark pixels (text, bars)
+
+
+def test_teacher_energy_from_macs(tmp_path):
+    from lasnn.distill.checkpoints import save_teacher
+    from lasnn.distill.teachers import build_teacher
+
+    config = dict(arch="small_cnn", in_shape=[1, 8, 8], num_classes=10, width=1.0)
+    net = build_teacher(config)
+    meta = dict(
+        dataset="digits",
+        data_root=None,
+        input_shape=[1, 8, 8],
+        num_classes=10,
+        mean=[0.0],
+        std=[1.0],
+        seed=0,
+        test_accuracy=0.97,
+    )
+    save_teacher(tmp_path / "teacher.pt", net, config, meta)
+    # MACs counted independently: every conv/linear output element times its fan-in
+    macs = 0
+    hooks = []
+
+    def count(mod, _inp, outp):
+        nonlocal macs
+        fan_in = mod.weight[0].numel()
+        macs += outp.numel() * fan_in
+
+    for m in net.modules():
+        if isinstance(m, torch.nn.Conv2d | torch.nn.Linear):
+            hooks.append(m.register_forward_hook(count))
+    net.eval()
+    with torch.no_grad():
+        net(torch.zeros(1, 1, 8, 8))
+    run = _run_json(tmp_path / "run.json", 0.1, 4, 0.9, 2)
+    result = make_report([run], tmp_path / "rep", teacher=tmp_path)
+    teacher = result["report"]["teacher"]
+    assert teacher["macs"] == macs and teacher["accuracy"] == 0.97
+    assert teacher["energy"]["cmos45"] == pytest.approx(macs * 4.6e-12)
+    assert (tmp_path / "rep" / "accuracy_energy.png").is_file()
+
+
+def test_bad_run_json_is_a_user_error(tmp_path):
+    bad = tmp_path / "run.json"
+    bad.write_text(json.dumps({"backend": "lava", "timesteps": 4, "layers": [{"name": "a", "neurons": 3}]}))
+    with pytest.raises(LasnnError, match="spikes"):
+        load_run(bad)
+    bad.write_text("{")
+    with pytest.raises(LasnnError, match="not valid JSON"):
+        load_run(bad)
+    with pytest.raises(LasnnError, match="does not exist"):
+        load_run(tmp_path / "missing.json")
+
+
+def test_report_command(tmp_path, capsys):
+    run = _run_json(tmp_path / "run.json", 0.2, 4, 0.9, 3)
+    parser = argparse.ArgumentParser()
+    commands.register(parser.add_subparsers())
+    args = parser.parse_args(["report", str(run), "-o", str(tmp_path / "rep"), "--energy-model", "loihi"])
+    assert args.func(args) == 0
+    printed = capsys.readouterr().out
+    assert "energy / inf. [loihi]" in printed and "report.html" in printed
+    report = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert list(report["energy_models"]) == ["loihi"]
