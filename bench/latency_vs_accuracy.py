@@ -317,7 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     def phrase(reset: str) -> str:
         r = head[reset]
         if r["lower_bound"]:
-            return f"more than {r['ratio']:g}x (not reached by T={max(p['timesteps'] for p in converted[reset]['curve'])})"
+            t_max = max(p["timesteps"] for p in converted[reset]["curve"])
+            return f"more than {r['ratio']:g}x (not reached by T={t_max})"
         return f"{r['ratio']:g}x (T={r['converted_timesteps']} vs T={head_t})"
 
     headline = (

@@ -22,7 +22,9 @@ from lasnn.errors import LasnnError
 AGGREGATES = ("rate", "membrane")
 
 
-def attention_map(activation: torch.Tensor, p: float = 2.0, size: tuple[int, int] | None = None) -> torch.Tensor:
+def attention_map(
+    activation: torch.Tensor, p: float = 2.0, size: tuple[int, int] | None = None
+) -> torch.Tensor:
     """``[B, C, H, W]`` -> ``[B, h*w]``: sum over channels of ``|a|^p``, resized to ``size`` by adaptive
     average pooling when given and different, flattened and L2-normalised per sample."""
     summed = activation.abs().pow(p).sum(dim=1, keepdim=True)
@@ -75,7 +77,8 @@ def pair_layers(
 
     Automatic: each student stage end larger than 1x1 is paired with the teacher stage end of the same
     spatial resolution, or else of the nearest (ties go to the deeper teacher layer); maps of different
-    size are resized to the smaller of the two by adaptive average pooling. ``override`` is ``"s1:t1,s2:t2"`` by layer name.
+    size are resized to the smaller of the two by adaptive average pooling. ``override`` is
+    ``"s1:t1,s2:t2"`` by layer name.
     """
     if override:
         pairs = []
@@ -84,11 +87,15 @@ def pair_layers(
             if not sep:
                 raise LasnnError(f"--pairs entry {item!r} is not of the form student_layer:teacher_layer.")
             if student_name not in student_sizes:
-                raise LasnnError(f"--pairs names student layer {student_name!r}, which is not a stage end of the "
-                                 f"student; choose from {', '.join(student_sizes)}.")
+                raise LasnnError(
+                    f"--pairs names student layer {student_name!r}, which is not a stage end of the "
+                    f"student; choose from {', '.join(student_sizes)}."
+                )
             if teacher_name not in teacher_sizes:
-                raise LasnnError(f"--pairs names teacher layer {teacher_name!r}, which is not a stage end of the "
-                                 f"teacher; choose from {', '.join(teacher_sizes)}.")
+                raise LasnnError(
+                    f"--pairs names teacher layer {teacher_name!r}, which is not a stage end of the "
+                    f"teacher; choose from {', '.join(teacher_sizes)}."
+                )
             pairs.append((student_name, teacher_name))
         return pairs
     candidates = [(n, s) for n, s in teacher_sizes.items() if s[0] * s[1] > 1]
@@ -117,7 +124,9 @@ class AttentionProbe:
         override: str | None = None,
     ) -> None:
         if aggregation not in AGGREGATES:
-            raise LasnnError(f"--aggregate {aggregation!r} is unknown; expected one of {', '.join(AGGREGATES)}.")
+            raise LasnnError(
+                f"--aggregate {aggregation!r} is unknown; expected one of {', '.join(AGGREGATES)}."
+            )
         self.p = p
         self.aggregation = aggregation
         with torch.no_grad():
@@ -134,18 +143,24 @@ class AttentionProbe:
         self.student_sizes = {name: tuple(s.shape[-2:]) for name, s in recorded.items() if s.dim() == 5}
         self.pairs = pair_layers(self.student_sizes, teacher_sizes, override)
         # maps of a pair are compared at the smaller of the two resolutions
-        self.sizes = [tuple(min(a, b) for a, b in zip(self.student_sizes[s], teacher_sizes[t], strict=True))
-                      for s, t in self.pairs]
+        self.sizes = [
+            tuple(min(a, b) for a, b in zip(self.student_sizes[s], teacher_sizes[t], strict=True))
+            for s, t in self.pairs
+        ]
 
     def teacher_maps(self, teacher_ends: list[torch.Tensor]) -> list[torch.Tensor]:
         """Teacher attention maps of the paired layers, in pair order."""
-        return [attention_map(teacher_ends[self.teacher_index[t]], self.p, size)
-                for (_, t), size in zip(self.pairs, self.sizes, strict=True)]
+        return [
+            attention_map(teacher_ends[self.teacher_index[t]], self.p, size)
+            for (_, t), size in zip(self.pairs, self.sizes, strict=True)
+        ]
 
     def student_maps(self, student: SpikingStudent, recorded: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """Student attention maps (spikes aggregated over T) of the paired layers, in pair order."""
-        return [attention_map(aggregate(student, s, recorded[s], self.aggregation), self.p, size)
-                for (s, _), size in zip(self.pairs, self.sizes, strict=True)]
+        return [
+            attention_map(aggregate(student, s, recorded[s], self.aggregation), self.p, size)
+            for (s, _), size in zip(self.pairs, self.sizes, strict=True)
+        ]
 
     def describe(self) -> str:
         return ", ".join(f"{s}:{t}" for s, t in self.pairs) or "none"

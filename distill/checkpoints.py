@@ -25,8 +25,10 @@ STUDENT_METADATA = (*COMMON_METADATA, "timesteps", "encoding", "dt", "loss", "te
 def _check_metadata(path: str | os.PathLike, metadata: dict, keys: tuple[str, ...], where: str) -> None:
     missing = [key for key in keys if key not in metadata]
     if missing:
-        raise LasnnError(f"{where} {path} lacks the metadata field(s) {', '.join(missing)}; re-create it with "
-                         "this lasnn version.")
+        raise LasnnError(
+            f"{where} {path} lacks the metadata field(s) {', '.join(missing)}; re-create it with "
+            "this lasnn version."
+        )
 
 
 def _load_state(path: str | os.PathLike, model: nn.Module, state_dict: dict) -> None:
@@ -34,8 +36,10 @@ def _load_state(path: str | os.PathLike, model: nn.Module, state_dict: dict) -> 
         model.load_state_dict(state_dict)
     except (RuntimeError, KeyError) as error:
         first = str(error).strip().splitlines()[0]
-        raise LasnnError(f"{path} has weights that do not fit its architecture config ({first}); the file "
-                         "is damaged, re-create it.") from error
+        raise LasnnError(
+            f"{path} has weights that do not fit its architecture config ({first}); the file "
+            "is damaged, re-create it."
+        ) from error
 
 
 def save_teacher(path: str | os.PathLike, model: nn.Module, config: dict, metadata: dict[str, Any]) -> None:
@@ -52,8 +56,10 @@ def load_teacher(path: str | os.PathLike) -> tuple[nn.Module, dict]:
     try:
         model = build_teacher(blob["config"])
     except (KeyError, TypeError, ValueError) as error:
-        raise LasnnError(f"{path} has an unusable teacher config ({type(error).__name__}: {error}); "
-                         "re-create it with lasnn teach.") from error
+        raise LasnnError(
+            f"{path} has an unusable teacher config ({type(error).__name__}: {error}); "
+            "re-create it with lasnn teach."
+        ) from error
     _load_state(path, model, blob["state_dict"])
     return model.eval(), blob
 
@@ -86,8 +92,10 @@ def load_student(path: str | os.PathLike) -> tuple[SpikingStudent, dict]:
         else:
             student = build_student(blob["config"], timesteps, encoding)
     except (KeyError, TypeError, ValueError) as error:
-        raise LasnnError(f"{path} has an unusable student config ({type(error).__name__}: {error}); "
-                         "re-create it with lasnn distill.") from error
+        raise LasnnError(
+            f"{path} has an unusable student config ({type(error).__name__}: {error}); "
+            "re-create it with lasnn distill."
+        ) from error
     _load_state(path, student, blob["state_dict"])
     return student.eval(), blob
 

@@ -36,18 +36,58 @@ NEURONS = ("lifbox", "cubalif")
 # bench/results/distill_digits.md); the others follow the CIFAR training recipes of the LaSNN family
 # (SGD, 200 epochs, batch 128, lr 0.1 cosine, ResNet-19 teacher).
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "digits": dict(arch="small_cnn", teach_epochs=10, student="vgg", widths="32,64", blocks=1,
-                   distill_epochs=10, batch_size=32, timesteps=4),
-    "cifar10": dict(arch="resnet19", teach_epochs=200, student="resnet", widths="128,256,512", blocks=2,
-                    distill_epochs=200, batch_size=128, timesteps=4),
-    "cifar100": dict(arch="resnet19", teach_epochs=200, student="resnet", widths="128,256,512", blocks=2,
-                     distill_epochs=200, batch_size=128, timesteps=4),
-    "tinyimagenet": dict(arch="resnet18", teach_epochs=100, student="resnet", widths="64,128,256,512",
-                         blocks=2, distill_epochs=100, batch_size=128, timesteps=4),
-    "imagefolder": dict(arch="vgg11", teach_epochs=50, student="vgg", widths="64,128,256", blocks=1,
-                        distill_epochs=50, batch_size=64, timesteps=4),
+    "digits": dict(
+        arch="small_cnn",
+        teach_epochs=10,
+        student="vgg",
+        widths="32,64",
+        blocks=1,
+        distill_epochs=10,
+        batch_size=32,
+        timesteps=4,
+    ),
+    "cifar10": dict(
+        arch="resnet19",
+        teach_epochs=200,
+        student="resnet",
+        widths="128,256,512",
+        blocks=2,
+        distill_epochs=200,
+        batch_size=128,
+        timesteps=4,
+    ),
+    "cifar100": dict(
+        arch="resnet19",
+        teach_epochs=200,
+        student="resnet",
+        widths="128,256,512",
+        blocks=2,
+        distill_epochs=200,
+        batch_size=128,
+        timesteps=4,
+    ),
+    "tinyimagenet": dict(
+        arch="resnet18",
+        teach_epochs=100,
+        student="resnet",
+        widths="64,128,256,512",
+        blocks=2,
+        distill_epochs=100,
+        batch_size=128,
+        timesteps=4,
+    ),
+    "imagefolder": dict(
+        arch="vgg11",
+        teach_epochs=50,
+        student="vgg",
+        widths="64,128,256",
+        blocks=1,
+        distill_epochs=50,
+        batch_size=64,
+        timesteps=4,
+    ),
 }
-DEFAULT_BETA = 100.0
+DEFAULT_BETA = 10.0
 
 
 def default_lr(batch_size: int) -> float:
@@ -74,10 +114,17 @@ def _out_dir(out: str | os.PathLike) -> Path:
     return path
 
 
-def _settings(epochs: int, batch_size: int, lr: float | None, seed: int, device: str,
-              deterministic: bool | None) -> TrainSettings:
-    return TrainSettings(epochs=epochs, batch_size=batch_size, lr=default_lr(batch_size) if lr is None else lr,
-                         seed=seed, device=resolve_device(device), deterministic=deterministic)
+def _settings(
+    epochs: int, batch_size: int, lr: float | None, seed: int, device: str, deterministic: bool | None
+) -> TrainSettings:
+    return TrainSettings(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=default_lr(batch_size) if lr is None else lr,
+        seed=seed,
+        device=resolve_device(device),
+        deterministic=deterministic,
+    )
 
 
 def _count(module: torch.nn.Module) -> int:
@@ -108,18 +155,22 @@ def teach(
     d = _defaults(dataset)
     out = _out_dir(out)
     arch = arch or d["arch"]
-    settings = _settings(epochs or d["teach_epochs"], batch_size or d["batch_size"], lr, seed, device,
-                         deterministic)
+    settings = _settings(
+        epochs or d["teach_epochs"], batch_size or d["batch_size"], lr, seed, device, deterministic
+    )
     train_set, info = load_dataset(dataset, "train", data_root, download=download)
     test_set, _ = load_dataset(dataset, "test", data_root, augment=False)
     torch.manual_seed(seed)  # initial weights
     if arch in ARCHS:
-        model = build_teacher(dict(arch=arch, in_shape=list(info.input_shape), num_classes=info.num_classes,
-                                   width=width))
+        model = build_teacher(
+            dict(arch=arch, in_shape=list(info.input_shape), num_classes=info.num_classes, width=width)
+        )
     elif ":" in arch:
         model = user_teacher(arch, info.input_shape, info.num_classes)
     else:
-        raise LasnnError(f"--arch {arch!r} is unknown; expected one of {', '.join(ARCHS)} or 'module:function'.")
+        raise LasnnError(
+            f"--arch {arch!r} is unknown; expected one of {', '.join(ARCHS)} or 'module:function'."
+        )
     if init_state:
         _load_init_state(model, init_state)
     forward = torch.compile(model) if compile else model
@@ -130,12 +181,21 @@ def teach(
         return loss, logits, {"ce": float(loss.detach())}
 
     run_config = {"verb": "teach", "dataset": dataset, "model": model.config}
-    metrics = fit(model, loss_fn, forward, train_set, test_set, settings, out, run_config, resume,
-                  desc=f"teach {arch}")
-    metadata = dict(dataset=dataset, data_root=None if data_root is None else str(data_root),
-                    input_shape=list(info.input_shape), num_classes=info.num_classes, mean=list(info.mean),
-                    std=list(info.std), class_names=list(info.class_names), seed=seed,
-                    test_accuracy=metrics["test_accuracy"], epochs=settings.epochs)
+    metrics = fit(
+        model, loss_fn, forward, train_set, test_set, settings, out, run_config, resume, desc=f"teach {arch}"
+    )
+    metadata = dict(
+        dataset=dataset,
+        data_root=None if data_root is None else str(data_root),
+        input_shape=list(info.input_shape),
+        num_classes=info.num_classes,
+        mean=list(info.mean),
+        std=list(info.std),
+        class_names=list(info.class_names),
+        seed=seed,
+        test_accuracy=metrics["test_accuracy"],
+        epochs=settings.epochs,
+    )
     save_teacher(out / "teacher.pt", model.cpu(), model.config, metadata)
     metrics = {**metrics, "dataset": dataset, "arch": arch, "parameters": _count(model)}
     write_json(out / "metrics.json", metrics)
@@ -145,11 +205,15 @@ def teach(
 def _load_init_state(model: torch.nn.Module, path: str) -> None:
     """Load a user's state dict (a plain ``torch.save(model.state_dict())`` file) into their model."""
     if not Path(path).is_file():
-        raise LasnnError(f"--init-state {path} does not exist; pass a file written by torch.save(state_dict).")
+        raise LasnnError(
+            f"--init-state {path} does not exist; pass a file written by torch.save(state_dict)."
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for corrupt files
-        raise LasnnError(f"--init-state {path} is not a readable torch state dict ({type(error).__name__}).") from error
+        raise LasnnError(
+            f"--init-state {path} is not a readable torch state dict ({type(error).__name__})."
+        ) from error
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     target = getattr(model, "model", model)
@@ -170,18 +234,29 @@ def parse_widths(text: str, student: str) -> tuple:
         stages = [[int(w) for w in stage.split("-")] for stage in text.split(",")]
     except ValueError:
         stages = []
-    if not stages or any(w < 1 for s in stages for w in s) or (student == "resnet" and any(len(s) != 1 for s in stages)):
+    if (
+        not stages
+        or any(w < 1 for s in stages for w in s)
+        or (student == "resnet" and any(len(s) != 1 for s in stages))
+    ):
         form = "'32,64' (one width per stage)" if student == "resnet" else "'32,64' or '32-32,64-64'"
-        raise LasnnError(f"--widths {text!r} is not a valid {student} width list; expected positive integers like "
-                         f"{form}.")
+        raise LasnnError(
+            f"--widths {text!r} is not a valid {student} width list; expected positive integers like {form}."
+        )
     if student == "resnet":
         return tuple(s[0] for s in stages)
     return tuple(tuple(s) for s in stages)
 
 
 def build_distill_student(
-    student: str, info_shape: tuple[int, int, int], num_classes: int, widths: str, blocks: int,
-    timesteps: int, encoding: str, neuron: str,
+    student: str,
+    info_shape: tuple[int, int, int],
+    num_classes: int,
+    widths: str,
+    blocks: int,
+    timesteps: int,
+    encoding: str,
+    neuron: str,
 ) -> SpikingStudent:
     if student not in STUDENTS:
         raise LasnnError(f"--student {student!r} is unknown; expected one of {', '.join(STUDENTS)}.")
@@ -195,8 +270,10 @@ def build_distill_student(
     parsed = parse_widths(widths, student)
     if student == "vgg":
         if len(parsed) > int(math.log2(min(info_shape[1:]))):
-            raise LasnnError(f"--widths {widths!r} has {len(parsed)} stages, each halving the {info_shape[1]}x"
-                             f"{info_shape[2]} input; use at most {int(math.log2(min(info_shape[1:])))}.")
+            raise LasnnError(
+                f"--widths {widths!r} has {len(parsed)} stages, each halving the {info_shape[1]}x"
+                f"{info_shape[2]} input; use at most {int(math.log2(min(info_shape[1:])))}."
+            )
         return vgg_student(info_shape, num_classes, parsed, timesteps, encoding, neurons)
     if blocks < 1:
         raise LasnnError(f"--blocks is {blocks!r}; expected a positive integer.")
@@ -214,7 +291,7 @@ def distill(
     neuron: str = "lifbox",
     loss: str = "lasnn",
     schedule: str = "joint",
-    aggregate: str = "rate",
+    aggregate: str = "membrane",
     pairs: str | None = None,
     alpha: float = 1.0,
     tau: float = 4.0,
@@ -246,24 +323,37 @@ def distill(
     train_set, info = load_dataset(dataset, "train", data_root)
     test_set, _ = load_dataset(dataset, "test", data_root, augment=False)
     if info.num_classes != meta["num_classes"] or list(info.input_shape) != list(meta["input_shape"]):
-        raise LasnnError(f"Data set {dataset} has {info.num_classes} classes of shape {tuple(info.input_shape)}, "
-                         f"but the teacher {teacher_file} was trained on {meta['num_classes']} classes of shape "
-                         f"{tuple(meta['input_shape'])}; distill on the teacher's data set.")
+        raise LasnnError(
+            f"Data set {dataset} has {info.num_classes} classes of shape {tuple(info.input_shape)}, "
+            f"but the teacher {teacher_file} was trained on {meta['num_classes']} classes of shape "
+            f"{tuple(meta['input_shape'])}; distill on the teacher's data set."
+        )
     out = _out_dir(out)
     student_arch = student or d["student"]
     timesteps = d["timesteps"] if timesteps is None else timesteps
-    settings = _settings(epochs or d["distill_epochs"], batch_size or d["batch_size"], lr, seed, device,
-                         deterministic)
+    settings = _settings(
+        epochs or d["distill_epochs"], batch_size or d["batch_size"], lr, seed, device, deterministic
+    )
     torch.manual_seed(seed)  # initial weights
-    net = build_distill_student(student_arch, info.input_shape, info.num_classes, widths or d["widths"],
-                                blocks or d["blocks"], timesteps, encoding, neuron)
+    net = build_distill_student(
+        student_arch,
+        info.input_shape,
+        info.num_classes,
+        widths or d["widths"],
+        blocks or d["blocks"],
+        timesteps,
+        encoding,
+        neuron,
+    )
     config = LossConfig(kind=loss, alpha=alpha, tau=tau, beta=beta, schedule=schedule)
     probe = None
     if config.needs_attention:
         probe = AttentionProbe(teacher_model, net, first_samples(test_set, 4)[0], config.p, aggregate, pairs)
         if not probe.pairs:
-            raise LasnnError(f"No student layer could be paired with a teacher layer of {teacher_file} for the "
-                             "attention loss; pass --pairs or use --loss kd.")
+            raise LasnnError(
+                f"No student layer could be paired with a teacher layer of {teacher_file} for the "
+                "attention loss; pass --pairs or use --loss kd."
+            )
         if aggregate == "membrane":
             set_membrane_recording(net, [s for s, _ in probe.pairs], True)
     teacher_model.to(settings.device).eval()
@@ -283,24 +373,56 @@ def distill(
         total, terms = objective(config, logits, labels, teacher_logits, teacher_maps, student_maps, progress)
         return total, logits, terms
 
-    loss_record = {**config.to_dict(), "aggregate": aggregate,
-                   "pairs": [list(p) for p in probe.pairs] if probe else []}
-    run_config = {"verb": "distill", "dataset": dataset, "teacher": str(teacher_file), "student": net.config,
-                  "timesteps": timesteps, "encoding": encoding, "loss": loss_record}
+    loss_record = {
+        **config.to_dict(),
+        "aggregate": aggregate,
+        "pairs": [list(p) for p in probe.pairs] if probe else [],
+    }
+    run_config = {
+        "verb": "distill",
+        "dataset": dataset,
+        "teacher": str(teacher_file),
+        "student": net.config,
+        "timesteps": timesteps,
+        "encoding": encoding,
+        "loss": loss_record,
+    }
     desc = f"distill {loss} T={timesteps}"
     metrics = fit(net, loss_fn, net, train_set, test_set, settings, out, run_config, resume, desc=desc)
     if probe is not None:
         set_membrane_recording(net, [s for s, _ in probe.pairs], False)
-    metadata = dict(dataset=dataset, data_root=data_root, input_shape=list(info.input_shape),
-                    num_classes=info.num_classes, mean=list(info.mean), std=list(info.std),
-                    class_names=list(info.class_names), seed=seed, timesteps=timesteps, encoding=encoding,
-                    dt=net.config["neuron"]["dt"], loss=loss_record, teacher=str(teacher_file),
-                    teacher_accuracy=meta.get("test_accuracy"), test_accuracy=metrics["test_accuracy"])
+    metadata = dict(
+        dataset=dataset,
+        data_root=data_root,
+        input_shape=list(info.input_shape),
+        num_classes=info.num_classes,
+        mean=list(info.mean),
+        std=list(info.std),
+        class_names=list(info.class_names),
+        seed=seed,
+        timesteps=timesteps,
+        encoding=encoding,
+        dt=net.config["neuron"]["dt"],
+        loss=loss_record,
+        teacher=str(teacher_file),
+        teacher_accuracy=meta.get("test_accuracy"),
+        test_accuracy=metrics["test_accuracy"],
+    )
     save_student(out / "student.pt", net.cpu(), metadata)
-    metrics = {**metrics, "timesteps": timesteps, "loss": loss, "encoding": encoding, "schedule": schedule,
-               "aggregate": aggregate, "pairs": loss_record["pairs"], "student": net.config,
-               "parameters": _count(net), "teacher": str(teacher_file),
-               "teacher_accuracy": meta.get("test_accuracy"), "dataset": dataset}
+    metrics = {
+        **metrics,
+        "timesteps": timesteps,
+        "loss": loss,
+        "encoding": encoding,
+        "schedule": schedule,
+        "aggregate": aggregate,
+        "pairs": loss_record["pairs"],
+        "student": net.config,
+        "parameters": _count(net),
+        "teacher": str(teacher_file),
+        "teacher_accuracy": meta.get("test_accuracy"),
+        "dataset": dataset,
+    }
     write_json(out / "metrics.json", metrics)
     return metrics
 
@@ -315,29 +437,40 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of weights, shuffling and encodings")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    parser.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
-                        help="deterministic algorithms (default: on for CPU, off for GPU)")
+    parser.add_argument(
+        "--deterministic",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="deterministic algorithms (default: on for CPU, off for GPU)",
+    )
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``teach`` and ``distill`` verbs (and ``convert`` when the conversion module offers it)."""
-    p = subparsers.add_parser("teach", help="train an ANN teacher",
-                              description="Train an ANN teacher and save OUT/teacher.pt and OUT/metrics.json.")
+    p = subparsers.add_parser(
+        "teach",
+        help="train an ANN teacher",
+        description="Train an ANN teacher and save OUT/teacher.pt and OUT/metrics.json.",
+    )
     p.add_argument("--dataset", default="digits", choices=DATASETS, help="data set (default digits)")
     p.add_argument("--data-root", help="folder holding the data set (default $LASNN_DATA_ROOT or ./data)")
     p.add_argument("--download", action="store_true", help="download the data set if missing (torchvision)")
-    p.add_argument("--arch", help=f"{', '.join(ARCHS)} or module:function returning an nn.Module "
-                                  "(default: per data set)")
+    p.add_argument(
+        "--arch", help=f"{', '.join(ARCHS)} or module:function returning an nn.Module (default: per data set)"
+    )
     p.add_argument("--width", type=float, default=1.0, help="channel width multiplier of lasnn's teachers")
     p.add_argument("--init-state", help="state dict to start a module:function model from")
     p.add_argument("--out", required=True, help="output directory")
     _common(p)
     p.set_defaults(func=_teach_cli)
 
-    p = subparsers.add_parser("distill", help="distill a spiking student from a teacher (LaSNN)",
-                              description="Distill a norse spiking student from OUT/teacher.pt with the LaSNN "
-                                          "loss or a baseline; save OUT2/student.pt and OUT2/metrics.json.")
+    p = subparsers.add_parser(
+        "distill",
+        help="distill a spiking student from a teacher (LaSNN)",
+        description="Distill a norse spiking student from OUT/teacher.pt with the LaSNN "
+        "loss or a baseline; save OUT2/student.pt and OUT2/metrics.json.",
+    )
     p.add_argument("--teacher", required=True, help="teacher.pt written by lasnn teach (or its directory)")
     p.add_argument("--student", choices=STUDENTS, help="student architecture (default: per data set)")
     p.add_argument("--widths", help="vgg: '32,64' or '32-32,64-64' (stages, convs); resnet: '32,64'")
@@ -347,12 +480,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--neuron", default="lifbox", choices=NEURONS, help="neuron model (default lifbox)")
     p.add_argument("--loss", default="lasnn", choices=LOSSES, help="lasnn, kd (CE+KD) or ce (default lasnn)")
     p.add_argument("--schedule", default="joint", choices=SCHEDULES, help="joint or progressive (layer-wise)")
-    p.add_argument("--aggregate", default="rate", choices=AGGREGATES,
-                   help="student activation for attention maps: firing rate or mean membrane potential")
+    p.add_argument(
+        "--aggregate",
+        default="membrane",
+        choices=AGGREGATES,
+        help="student activation for attention maps: firing rate or mean membrane potential",
+    )
     p.add_argument("--pairs", help="layer pairing student:teacher,... (default: by spatial resolution)")
     p.add_argument("--alpha", type=float, default=1.0, help="weight of the KD term (default 1)")
     p.add_argument("--tau", type=float, default=4.0, help="KD temperature (default 4)")
-    p.add_argument("--beta", type=float, default=DEFAULT_BETA, help=f"attention weight (default {DEFAULT_BETA:g})")
+    p.add_argument(
+        "--beta", type=float, default=DEFAULT_BETA, help=f"attention weight (default {DEFAULT_BETA:g})"
+    )
     p.add_argument("--dataset", choices=DATASETS, help="data set (default: the teacher's)")
     p.add_argument("--data-root", help="data folder (default: the teacher's)")
     p.add_argument("--out", required=True, help="output directory")
@@ -370,22 +509,57 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _teach_cli(args: argparse.Namespace) -> int:
-    metrics = teach(dataset=args.dataset, out=args.out, data_root=args.data_root, arch=args.arch, width=args.width,
-                    init_state=args.init_state, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                    seed=args.seed, device=args.device, resume=args.resume, download=args.download,
-                    deterministic=args.deterministic, compile=args.compile)
+    metrics = teach(
+        dataset=args.dataset,
+        out=args.out,
+        data_root=args.data_root,
+        arch=args.arch,
+        width=args.width,
+        init_state=args.init_state,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        device=args.device,
+        resume=args.resume,
+        download=args.download,
+        deterministic=args.deterministic,
+        compile=args.compile,
+    )
     print(f"teacher test accuracy {metrics['test_accuracy']:.4f}; wrote {Path(args.out) / 'teacher.pt'}")
     return 0
 
 
 def _distill_cli(args: argparse.Namespace) -> int:
-    metrics = distill(teacher=args.teacher, out=args.out, student=args.student, widths=args.widths,
-                      blocks=args.blocks, timesteps=args.timesteps, encoding=args.encoding, neuron=args.neuron,
-                      loss=args.loss, schedule=args.schedule, aggregate=args.aggregate, pairs=args.pairs,
-                      alpha=args.alpha, tau=args.tau, beta=args.beta, epochs=args.epochs,
-                      batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
-                      resume=args.resume, dataset=args.dataset, data_root=args.data_root,
-                      deterministic=args.deterministic, compile=args.compile)
-    print(f"student test accuracy {metrics['test_accuracy']:.4f} at T={metrics['timesteps']} "
-          f"(teacher {metrics['teacher_accuracy']}); wrote {Path(args.out) / 'student.pt'}")
+    metrics = distill(
+        teacher=args.teacher,
+        out=args.out,
+        student=args.student,
+        widths=args.widths,
+        blocks=args.blocks,
+        timesteps=args.timesteps,
+        encoding=args.encoding,
+        neuron=args.neuron,
+        loss=args.loss,
+        schedule=args.schedule,
+        aggregate=args.aggregate,
+        pairs=args.pairs,
+        alpha=args.alpha,
+        tau=args.tau,
+        beta=args.beta,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        device=args.device,
+        resume=args.resume,
+        dataset=args.dataset,
+        data_root=args.data_root,
+        deterministic=args.deterministic,
+        compile=args.compile,
+    )
+    print(
+        f"student test accuracy {metrics['test_accuracy']:.4f} at T={metrics['timesteps']} "
+        f"(teacher {metrics['teacher_accuracy']}); wrote {Path(args.out) / 'student.pt'}"
+    )
     return 0

@@ -35,7 +35,7 @@ class LossConfig:
     kind: str = "lasnn"
     alpha: float = 1.0
     tau: float = 4.0
-    beta: float = 100.0
+    beta: float = 10.0
     p: float = 2.0
     schedule: str = "joint"
 
@@ -59,9 +59,16 @@ class LossConfig:
 
 def kd_term(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: float) -> torch.Tensor:
     """``tau^2 * KL(softmax(z_t/tau) || softmax(z_s/tau))``, averaged over the batch."""
-    return tau * tau * F.kl_div(F.log_softmax(student_logits.float() / tau, dim=1),
-                                F.log_softmax(teacher_logits.float() / tau, dim=1),
-                                reduction="batchmean", log_target=True)
+    return (
+        tau
+        * tau
+        * F.kl_div(
+            F.log_softmax(student_logits.float() / tau, dim=1),
+            F.log_softmax(teacher_logits.float() / tau, dim=1),
+            reduction="batchmean",
+            log_target=True,
+        )
+    )
 
 
 def attention_term(teacher_maps: list[torch.Tensor], student_maps: list[torch.Tensor]) -> torch.Tensor:

@@ -100,8 +100,14 @@ def vgg_student(
         layers.append(SeqPool(pool, 2))
         h, w = h // 2, w // 2
     head = SeqSynapse(nn.Linear(c * h * w, num_classes))
-    config = dict(arch="vgg", in_shape=list(in_shape), num_classes=num_classes,
-                  widths=[list(s) for s in widths], pool=pool, neuron=neuron.to_dict())
+    config = dict(
+        arch="vgg",
+        in_shape=list(in_shape),
+        num_classes=num_classes,
+        widths=[list(s) for s in widths],
+        pool=pool,
+        neuron=neuron.to_dict(),
+    )
     return SpikingStudent(nn.Sequential(*layers), head, timesteps, encoding, stage_ends, config)
 
 
@@ -132,7 +138,9 @@ def resnet_student(
             )
             shortcut = None
             if stride != 1 or c != width:
-                shortcut = SeqSynapse(nn.Conv2d(c, width, 1, stride=stride, bias=False), nn.BatchNorm2d(width))
+                shortcut = SeqSynapse(
+                    nn.Conv2d(c, width, 1, stride=stride, bias=False), nn.BatchNorm2d(width)
+                )
             layers.append(ResidualBlock(branch, shortcut, SpikingNeurons(neuron)))
             c = width
             if stride == 2:
@@ -141,19 +149,33 @@ def resnet_student(
     layers.append(SeqPool(pool, 2))
     h, w = h // 2, w // 2
     head = SeqSynapse(nn.Linear(c * h * w, num_classes))
-    config = dict(arch="resnet", in_shape=list(in_shape), num_classes=num_classes, widths=list(widths),
-                  blocks_per_stage=blocks_per_stage, pool=pool, neuron=neuron.to_dict())
+    config = dict(
+        arch="resnet",
+        in_shape=list(in_shape),
+        num_classes=num_classes,
+        widths=list(widths),
+        blocks_per_stage=blocks_per_stage,
+        pool=pool,
+        neuron=neuron.to_dict(),
+    )
     return SpikingStudent(nn.Sequential(*layers), head, timesteps, encoding, stage_ends, config)
 
 
 def build_student(config: dict, timesteps: int, encoding: str) -> SpikingStudent:
     """Rebuild a student from the ``config`` dict it carries (as saved in checkpoints)."""
     neuron = NeuronConfig(**config["neuron"])
-    common = dict(in_shape=tuple(config["in_shape"]), num_classes=config["num_classes"],
-                  timesteps=timesteps, encoding=encoding, neuron=neuron, pool=config.get("pool", "avg"))
+    common = dict(
+        in_shape=tuple(config["in_shape"]),
+        num_classes=config["num_classes"],
+        timesteps=timesteps,
+        encoding=encoding,
+        neuron=neuron,
+        pool=config.get("pool", "avg"),
+    )
     if config["arch"] == "vgg":
         return vgg_student(widths=tuple(tuple(s) for s in config["widths"]), **common)
     if config["arch"] == "resnet":
-        return resnet_student(widths=tuple(config["widths"]),
-                              blocks_per_stage=config["blocks_per_stage"], **common)
+        return resnet_student(
+            widths=tuple(config["widths"]), blocks_per_stage=config["blocks_per_stage"], **common
+        )
     raise ValueError(f"unknown student architecture {config['arch']!r}; expected 'vgg' or 'resnet'")

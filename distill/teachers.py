@@ -28,8 +28,11 @@ ARCHS = ("small_cnn", "vgg11", "vgg16", "resnet18", "resnet19")
 
 
 def _conv_bn_relu(c_in: int, c_out: int, stride: int = 1) -> list[nn.Module]:
-    return [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(c_out),
-            nn.ReLU(inplace=True)]
+    return [
+        nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    ]
 
 
 class StagedTeacher(nn.Module):
@@ -116,8 +119,9 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(c_out)
         self.shortcut = nn.Sequential()
         if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False),
-                                          nn.BatchNorm2d(c_out))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out)
+            )
         self.relu2 = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -215,8 +219,10 @@ class UserTeacher(nn.Module):
                 run, size = [], tuple(out.shape[-2:])
             run.append((name, k, isinstance(modules.get(name), nn.ReLU)))
         if not ends:
-            raise LasnnError(f"The model from {self.config.get('factory')!r} has no 4-D (image) activations "
-                             "larger than 1x1; the attention loss needs a convolutional teacher.")
+            raise LasnnError(
+                f"The model from {self.config.get('factory')!r} has no 4-D (image) activations "
+                "larger than 1x1; the attention loss needs a convolutional teacher."
+            )
         return ends
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -232,13 +238,15 @@ def import_factory(spec: str) -> Callable[[], nn.Module]:
     """Resolve ``module:function`` to a callable, with one-sentence errors."""
     module_name, _, func_name = spec.partition(":")
     if not module_name or not func_name:
-        raise LasnnError(f"--arch {spec!r} is neither one of {', '.join(ARCHS)} nor of the form "
-                         "'module:function'.")
+        raise LasnnError(
+            f"--arch {spec!r} is neither one of {', '.join(ARCHS)} nor of the form 'module:function'."
+        )
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
-        raise LasnnError(f"Cannot import module {module_name!r} named by --arch {spec!r} ({error}); put it on "
-                         "PYTHONPATH.") from error
+        raise LasnnError(
+            f"Cannot import module {module_name!r} named by --arch {spec!r} ({error}); put it on PYTHONPATH."
+        ) from error
     func = getattr(module, func_name, None)
     if not callable(func):
         raise LasnnError(f"Module {module_name!r} has no callable {func_name!r} (from --arch {spec!r}).")
@@ -255,12 +263,16 @@ def user_teacher(spec: str, in_shape: tuple[int, int, int], num_classes: int) ->
         with torch.no_grad():
             out = model(torch.zeros(2, *in_shape))
     except Exception as error:
-        raise LasnnError(f"The model from {spec} fails on images of shape {tuple(in_shape)} "
-                         f"({type(error).__name__}: {error}); it must accept the data set's images.") from error
+        raise LasnnError(
+            f"The model from {spec} fails on images of shape {tuple(in_shape)} "
+            f"({type(error).__name__}: {error}); it must accept the data set's images."
+        ) from error
     if not torch.is_tensor(out) or tuple(out.shape) != (2, num_classes):
         shape = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
-        raise LasnnError(f"The model from {spec} returns {shape} for a batch of 2, expected logits of shape "
-                         f"(2, {num_classes}) for this data set's {num_classes} classes.")
+        raise LasnnError(
+            f"The model from {spec} returns {shape} for a batch of 2, expected logits of shape "
+            f"(2, {num_classes}) for this data set's {num_classes} classes."
+        )
     model.train()
     config = dict(arch="user", factory=spec, in_shape=list(in_shape), num_classes=num_classes)
     return UserTeacher(model, config)
@@ -282,5 +294,6 @@ def build_teacher(config: dict) -> nn.Module:
         return user_teacher(config["factory"], in_shape, num_classes)
     if isinstance(arch, str) and ":" in arch:
         return user_teacher(arch, in_shape, num_classes)
-    raise LasnnError(f"Unknown teacher architecture {arch!r}; expected one of {', '.join(ARCHS)} or "
-                     "'module:function'.")
+    raise LasnnError(
+        f"Unknown teacher architecture {arch!r}; expected one of {', '.join(ARCHS)} or 'module:function'."
+    )

@@ -9,8 +9,10 @@ Determinism: the shuffling order of epoch ``e`` comes from a generator seeded wi
 global RNG (augmentation, Poisson encoding) is reseeded at the start of every epoch, so an epoch's
 randomness does not depend on what ran before it; a Ctrl-C checkpoint additionally stores the RNG state
 and the position in the epoch (exact with the default ``num_workers=0``; with worker processes a
-mid-epoch resume is exact only up to the workers' augmentation draws). With ``torch.use_deterministic_algorithms`` (on by default on CPU), a
-resumed run therefore ends with exactly the weights of an uninterrupted one.
+mid-epoch resume is exact only up to the workers' augmentation draws). With deterministic algorithms
+(``torch.use_deterministic_algorithms``, on by default on CPU) a resumed run therefore ends with exactly
+the weights of an uninterrupted one. A run killed without warning (SIGKILL) resumes from its last
+end-of-epoch checkpoint.
 """
 
 from __future__ import annotations
@@ -137,8 +139,15 @@ class _StopFlag:
             signal.signal(signal.SIGINT, self._previous)
 
 
-def evaluate(predict_fn: PredictFn, dataset: Dataset, batch_size: int, device: str, seed: int = 0,
-             amp: bool = False, desc: str = "test") -> float:
+def evaluate(
+    predict_fn: PredictFn,
+    dataset: Dataset,
+    batch_size: int,
+    device: str,
+    seed: int = 0,
+    amp: bool = False,
+    desc: str = "test",
+) -> float:
     """Top-1 accuracy of ``predict_fn`` on ``dataset`` (fixed RNG, so stochastic encodings repeat)."""
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     correct = total = 0
@@ -155,13 +164,17 @@ def evaluate(predict_fn: PredictFn, dataset: Dataset, batch_size: int, device: s
 
 def _check_finite(loss: torch.Tensor, epoch: int, step: int, ckpt: Path) -> None:
     if not torch.isfinite(loss).all():
-        kept = f"the last good checkpoint {ckpt} is kept" if ckpt.exists() else "no checkpoint was written yet"
-        raise LasnnError(f"The training loss became {float(loss)} at epoch {epoch + 1}, step {step + 1}; {kept}; "
-                         "lower --lr and restart (or --resume).")
+        kept = (
+            f"the last good checkpoint {ckpt} is kept" if ckpt.exists() else "no checkpoint was written yet"
+        )
+        raise LasnnError(
+            f"The training loss became {float(loss)} at epoch {epoch + 1}, step {step + 1}; {kept}; "
+            "lower --lr and restart (or --resume)."
+        )
 
 
 def _batches(order: torch.Tensor, batch_size: int) -> list[list[int]]:
-    chunks = [order[i:i + batch_size].tolist() for i in range(0, len(order), batch_size)]
+    chunks = [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
     if len(chunks) > 1 and len(chunks[-1]) < 2:  # a batch of one breaks batch norm
         chunks.pop()
     return chunks
@@ -184,11 +197,15 @@ def fit(
     ``run_config`` (JSON-like) describes the run; ``resume`` refuses a checkpoint of a different run.
     Writes ``out_dir/checkpoint.pt`` after every epoch; the caller writes the final model and metrics.
     """
-    previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    previous = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
     seed_everything(settings.seed, settings.use_deterministic)
     try:
-        return _fit(model, loss_fn, predict_fn, train_set, test_set, settings, Path(out_dir), run_config, resume,
-                    desc)
+        return _fit(
+            model, loss_fn, predict_fn, train_set, test_set, settings, Path(out_dir), run_config, resume, desc
+        )
     finally:
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
 
@@ -209,8 +226,9 @@ def _fit(
     device = settings.device
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum,
-                                weight_decay=settings.weight_decay)
+    optimizer = torch.optim.SGD(
+        params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
+    )
     n = len(train_set)
     steps_per_epoch = len(_batches(torch.arange(n), settings.batch_size))
     total_steps = settings.epochs * steps_per_epoch
@@ -223,8 +241,10 @@ def _fit(
         saved = state["metadata"].get("run_config", {})
         for key in sorted(set(saved) | set(run_config)):
             if saved.get(key) != run_config.get(key):
-                raise LasnnError(f"{ckpt} belongs to a run with a different {key!r} ({saved.get(key)!r} vs now "
-                                 f"{run_config.get(key)!r}); resume with the same options or use a new --out.")
+                raise LasnnError(
+                    f"{ckpt} belongs to a run with a different {key!r} ({saved.get(key)!r} vs now "
+                    f"{run_config.get(key)!r}); resume with the same options or use a new --out."
+                )
         model.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -237,12 +257,23 @@ def _fit(
     def save_state(epoch: int, step: int, partial_stats: dict | None) -> None:
         for name, value in model.state_dict().items():
             if value.is_floating_point() and not torch.isfinite(value).all():
-                raise LasnnError(f"Weight {name!r} became non-finite in epoch {epoch + 1}; the last good "
-                                 f"checkpoint {ckpt} is kept; lower --lr and restart.")
-        save_checkpoint(ckpt, "training_state", {"run_config": run_config},
-                        state_dict=model.state_dict(), optimizer=optimizer.state_dict(),
-                        scheduler=scheduler.state_dict(), epoch=epoch, step=step, history=history,
-                        partial=partial_stats, rng=_rng_state() if step else None)
+                raise LasnnError(
+                    f"Weight {name!r} became non-finite in epoch {epoch + 1}; the last good "
+                    f"checkpoint {ckpt} is kept; lower --lr and restart."
+                )
+        save_checkpoint(
+            ckpt,
+            "training_state",
+            {"run_config": run_config},
+            state_dict=model.state_dict(),
+            optimizer=optimizer.state_dict(),
+            scheduler=scheduler.state_dict(),
+            epoch=epoch,
+            step=step,
+            history=history,
+            partial=partial_stats,
+            rng=_rng_state() if step else None,
+        )
 
     started = time.perf_counter()
     with _StopFlag() as stop:
@@ -255,19 +286,31 @@ def _fit(
             stats = partial or {"loss": 0.0, "correct": 0, "seen": 0, "terms": {}, "seconds": 0.0}
             # own generator: creating the iterator must not draw from the global RNG (it would shift a
             # resumed epoch's randomness); worker processes are seeded from it
-            loader = DataLoader(train_set, batch_sampler=batches[start_step:], num_workers=settings.num_workers,
-                                pin_memory=device.startswith("cuda"),
-                                generator=torch.Generator().manual_seed(settings.seed * 1_000_003 + epoch))
+            loader = DataLoader(
+                train_set,
+                batch_sampler=batches[start_step:],
+                num_workers=settings.num_workers,
+                pin_memory=device.startswith("cuda"),
+                generator=torch.Generator().manual_seed(settings.seed * 1_000_003 + epoch),
+            )
             model.train()
-            bar = tqdm(loader, total=steps_per_epoch, initial=start_step, unit="batch", disable=None,
-                       desc=f"{desc} epoch {epoch + 1}/{settings.epochs}", dynamic_ncols=True)
+            bar = tqdm(
+                loader,
+                total=steps_per_epoch,
+                initial=start_step,
+                unit="batch",
+                disable=None,
+                desc=f"{desc} epoch {epoch + 1}/{settings.epochs}",
+                dynamic_ncols=True,
+            )
             tick = time.perf_counter()
             step = start_step
             for step, (images, labels) in enumerate(bar, start=start_step):
                 images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
                 progress = (epoch * steps_per_epoch + step) / total_steps
-                with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16,
-                                    enabled=settings.use_amp):
+                with torch.autocast(
+                    device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=settings.use_amp
+                ):
                     loss, logits, terms = loss_fn(images, labels, progress)
                 _check_finite(loss, epoch, step, ckpt)
                 optimizer.zero_grad(set_to_none=True)
@@ -282,9 +325,13 @@ def _fit(
                 elapsed = stats["seconds"] + time.perf_counter() - tick
                 rate = stats["seen"] / max(elapsed, 1e-9)
                 left = (total_steps - epoch * steps_per_epoch - step - 1) * settings.batch_size / rate
-                bar.set_postfix(loss=f"{stats['loss'] / stats['seen']:.3f}",
-                                acc=f"{stats['correct'] / stats['seen']:.3f}",
-                                img_s=f"{rate:.0f}", eta=f"{left / 60:.1f}min", refresh=False)
+                bar.set_postfix(
+                    loss=f"{stats['loss'] / stats['seen']:.3f}",
+                    acc=f"{stats['correct'] / stats['seen']:.3f}",
+                    img_s=f"{rate:.0f}",
+                    eta=f"{left / 60:.1f}min",
+                    refresh=False,
+                )
                 if stop.requested and step + 1 < len(batches):
                     stats["seconds"] = elapsed
                     save_state(epoch, step + 1, stats)
@@ -294,22 +341,27 @@ def _fit(
             bar.close()
             seconds = stats["seconds"] + time.perf_counter() - tick
             model.eval()
-            test_accuracy = evaluate(predict_fn, test_set, max(settings.batch_size, 256), device,
-                                     settings.seed, settings.use_amp)
+            test_accuracy = evaluate(
+                predict_fn, test_set, max(settings.batch_size, 256), device, settings.seed, settings.use_amp
+            )
             seen = max(stats["seen"], 1)
-            history.append({
-                "epoch": epoch + 1,
-                "train_loss": stats["loss"] / seen,
-                "train_accuracy": stats["correct"] / seen,
-                **{f"train_{k}": v / seen for k, v in stats["terms"].items()},
-                "test_accuracy": test_accuracy,
-                "lr": optimizer.param_groups[0]["lr"],
-                "seconds": seconds,
-                "images_per_s": seen / max(seconds, 1e-9),
-            })
-            tqdm.write(f"{desc} epoch {epoch + 1}/{settings.epochs}: loss {history[-1]['train_loss']:.4f}, "
-                       f"train acc {history[-1]['train_accuracy']:.4f}, test acc {test_accuracy:.4f}, "
-                       f"{history[-1]['images_per_s']:.0f} images/s")
+            history.append(
+                {
+                    "epoch": epoch + 1,
+                    "train_loss": stats["loss"] / seen,
+                    "train_accuracy": stats["correct"] / seen,
+                    **{f"train_{k}": v / seen for k, v in stats["terms"].items()},
+                    "test_accuracy": test_accuracy,
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "seconds": seconds,
+                    "images_per_s": seen / max(seconds, 1e-9),
+                }
+            )
+            tqdm.write(
+                f"{desc} epoch {epoch + 1}/{settings.epochs}: loss {history[-1]['train_loss']:.4f}, "
+                f"train acc {history[-1]['train_accuracy']:.4f}, test acc {test_accuracy:.4f}, "
+                f"{history[-1]['images_per_s']:.0f} images/s"
+            )
             start_step, partial, rng = 0, None, None
             save_state(epoch + 1, 0, None)
             if stop.requested and epoch + 1 < settings.epochs:
@@ -325,4 +377,3 @@ def _fit(
         "wall_seconds": time.perf_counter() - started,
         "settings": asdict(settings),
     }
-

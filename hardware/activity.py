@@ -36,6 +36,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from lasnn.errors import LasnnError
 from lasnn.export.graph import (
     Affine,
     Conv2d,
@@ -49,8 +51,6 @@ from lasnn.export.graph import (
     Scale,
     SumPool2d,
 )
-
-from lasnn.errors import LasnnError
 
 SYNAPSE_TYPES = (Affine, Conv2d, SumPool2d, Scale, Flatten, Delay)
 SOURCE_TYPES = (Neuron, Input, LeakyIntegrator)

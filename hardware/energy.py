@@ -25,9 +25,9 @@ Energy of an SNN inference (per layer, summed; counts from ``lasnn.hardware.acti
 Energy of an ANN inference: ``MACs * E_mac`` (``count_macs`` counts them with forward hooks).
 
 Latency on the chip (``latency``): all cores work in parallel within a time step and then synchronise
-with a mesh-wide barrier, so one step takes the slowest core's work plus the barrier (Davies et al. 2018,
-"Mesh operation": barrier synchronisation ends every algorithmic time step). Work is spread evenly over a
-layer's cores and over the T steps (run.json holds per-inference totals)::
+with a mesh-wide barrier, so one step takes the slowest core's work plus the barrier (Davies et al. 2018:
+the cores synchronise with a barrier at the end of every algorithmic time step; Table 2 gives its time).
+Work is spread evenly over a layer's cores and over the T steps (run.json holds per-inference totals)::
 
     t_step = max_layer [ (ops_L * t_synop + spikes_L * (t_active + t_spike)
                           + (updates_L - spikes_L) * t_inactive) / (T * cores_L) ] + t_barrier(tiles)
@@ -71,7 +71,9 @@ BUILTIN_MODELS: dict[str, dict[str, Any]] = {
         "bounds. Spike routing beyond the source tile (3.0-4.0 pJ per tile hop) depends on core placement "
         "and is not counted. Graded (analog) first-layer input is charged one synaptic op per synapse "
         "(Loihi 2 graded spikes; Loihi itself has none). Lava simulates Loihi 2 fixed point; these are "
-        "Loihi (1) costs, since no per-operation Loihi 2 figures are published.",
+        "Loihi (1) costs, since no per-operation Loihi 2 figures are published. Cores are assigned by neuron "
+        "count only (1,024 per core); synapse-memory limits would add cores, so times per step are upper "
+        "bounds. Synaptic (learning) updates, 120 pJ in Table 2, do not occur in inference.",
         "energy": {
             "synop": _c(23.6e-12, "J", DAVIES_2018 + ": energy per synaptic spike op (min), 23.6 pJ"),
             "graded": _c(

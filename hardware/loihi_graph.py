@@ -348,9 +348,8 @@ def host_currents_torch(
 def check_loihi_graph(lg: LoihiGraph) -> None:
     """Raise ``LasnnError`` naming the layer or synapse unless every value of ``lg`` is representable on
     Loihi 2 as this module's contract (and Lava's fixed-point models) define it."""
-    from lasnn.hardware import loihi_limits as lim
-
     from lasnn.errors import LasnnError
+    from lasnn.hardware import loihi_limits as lim
 
     if lg.input.mode not in INPUT_MODES:
         raise LasnnError(

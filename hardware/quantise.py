@@ -18,7 +18,12 @@ Written by hand: no library maps NIR-like graphs onto Lava's fixed-point LIF/Den
    16-bit host current, and headroom of ``margin`` for ``u`` (and ``v``) in 24 bits measured on calibration
    data (a float64 run of the graph) or, without data, bounded statically from the weights. Dense weights
    then take the exponent that fills their 8 bits.
-4. **Refusal.** Whatever cannot be represented (v_reset != v_leak, a non-positive threshold, a CUBA neuron
+4. **Report.** Per layer: depth, ``vth`` and its bits, the scale and the limit that bound it, ``du``/``dv``
+   and their decay errors, the bias and its clipped count, the expected (calibrated) or bounded (static)
+   largest ``|u|``, ``|v|`` in integer units against the 24-bit range, and per synapse its kind, exponent,
+   delay, fan-in, clipped weights and weight quantisation error. The emulator measures the actual ranges
+   and saturation counts of a run (``EmulatorBackend.stats``).
+5. **Refusal.** Whatever cannot be represented (v_reset != v_leak, a non-positive threshold, a CUBA neuron
    with a constant input that Loihi adds to v instead of u, a delay over 63 steps, an un-alignable
    recurrent edge, a fan-in over one core's synaptic memory, a threshold needing fewer than 1 integer
    step) raises ``LasnnError`` naming the layer. Nothing is clipped silently: the report counts every
@@ -33,6 +38,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from lasnn.errors import LasnnError
 from lasnn.export.graph import (
     Affine,
     Conv2d,
@@ -60,8 +67,6 @@ from lasnn.hardware.loihi_graph import (
     dense_weight_range,
     sign_mode,
 )
-
-from lasnn.errors import LasnnError
 
 SYNAPSE_NODES = (Affine, Conv2d, SumPool2d, Scale, Flatten, Delay)
 LAYER_NODES = (Neuron, LeakyIntegrator)
@@ -254,6 +259,10 @@ def compose_path(
                 )
                 return pm
     n_in, n_out = math.prod(src_shape), math.prod(dst_shape)
+    linear = [node for node in nodes if not isinstance(node, Flatten | Delay)]
+    if len(linear) == 1 and isinstance(linear[0], Affine):  # already a matrix: no composition needed
+        pm.matrix = np.asarray(linear[0].weight, dtype=np.float64)
+        return pm
     if n_in * n_out > MAX_DENSE_ENTRIES:
         raise LasnnError(
             f"the synapse chain {'+'.join(names) or '(identity)'} from '{src}' to '{dst}' cannot be "
@@ -621,12 +630,15 @@ def quantise(
     stats = calibrate(graph, calibration_stream) if calibration_stream is not None else None
     in_max_float = None
     if host_mode:
-        if stats is not None:
-            in_max_float = float(stats[input_name].max())
-        elif graph.metadata.get("mean") is not None and graph.metadata.get("std") is not None:
+        # the input range: exact for normalised images (pixels in [0, 1] through the recorded mean/std);
+        # otherwise the calibration data's largest |x| with 25 % headroom (inputs beyond it are clipped by
+        # the host and counted by the emulator as "input_clipped")
+        if graph.metadata.get("mean") is not None and graph.metadata.get("std") is not None:
             mean = np.asarray(graph.metadata["mean"], dtype=np.float64)
             std = np.asarray(graph.metadata["std"], dtype=np.float64)
             in_max_float = float(np.max(np.maximum(np.abs(-mean / std), np.abs((1 - mean) / std))))
+        elif stats is not None:
+            in_max_float = 1.25 * float(stats[input_name].max())
         else:
             raise LasnnError(
                 "the graph takes analog (direct) input but records no 'mean'/'std' and no "
@@ -783,6 +795,8 @@ def quantise(
                 "bias_clipped": bias_clipped,
                 "u_expected_max": float(np.max(64.0 * scale * u_peak)) if source == "calibration" else None,
                 "u_bound": float(np.max(64.0 * scale * u_peak)) if source != "calibration" else None,
+                "v_expected_max": float(np.max(64.0 * scale * v_peak)) if source == "calibration" else None,
+                "v_bound": float(np.max(64.0 * scale * v_peak)) if source != "calibration" else None,
                 "uv_range": lim.UV_MAX,
                 "synapses": syn_reports,
             }

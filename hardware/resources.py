@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
 from lasnn.hardware import loihi_limits as lim
 from lasnn.hardware.loihi_graph import ConvGeometry, LoihiGraph
 

@@ -16,8 +16,7 @@ from lasnn.errors import LasnnError
 
 # (module, verbs it registers) in pipeline order; a module that is missing or fails to import is an error.
 STAGE_COMMANDS = (
-    "lasnn.distill.commands",  # teach, distill
-    "lasnn.distill.conversion_commands",  # convert
+    "lasnn.distill.commands",  # teach, distill, convert
     "lasnn.export.commands",  # export
     "lasnn.sims.commands",  # simulate
     "lasnn.reports.commands",  # report

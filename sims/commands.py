@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--batch-size",
         type=int,
-        help="samples per backend call (lava: per Lava run; default 50 for lava, 256 otherwise)",
+        help="samples per backend call (lava: per Lava run; default 100 for lava, 256 otherwise)",
     )
     p.add_argument("--device", default="cpu", help="emulator device: cpu or cuda (default: cpu)")
     p.add_argument(

@@ -20,9 +20,14 @@ FFT or Winograd convolution, whose tiny errors the rounding removes).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
+
+from lasnn.errors import LasnnError
 from lasnn.export.graph import Graph
 from lasnn.hardware.loihi_graph import (
     ACT_SHIFT,
@@ -35,9 +40,6 @@ from lasnn.hardware.loihi_graph import (
 )
 from lasnn.hardware.quantise import quantise
 from lasnn.sims.backend import BackendResult
-from tqdm import tqdm
-
-from lasnn.errors import LasnnError
 
 _UV_MAX = 2 ** (UV_BITS - 1)
 _UNITY = 2**DECAY_SHIFT
@@ -53,6 +55,18 @@ def wrap24(x: torch.Tensor) -> torch.Tensor:
     return torch.remainder(x + 2**23, 2**24) - 2**23
 
 
+def _decay(x: torch.Tensor, keep: int, bound: int) -> torch.Tensor:
+    """``trunc(x * keep / 4096)`` exactly (Lava: ``sign(p) * (|p| >> 12)`` of the int64 product), in ``x``'s
+    dtype; the product goes through int64 unless ``bound * keep / gcd`` provably fits int32."""
+    if keep == _UNITY:
+        return x
+    g = math.gcd(keep, _UNITY)
+    k, s = keep // g, _UNITY // g
+    if x.dtype == torch.int32 and bound * k >= 2**31:
+        return torch.div(x.to(torch.int64) * k, s, rounding_mode="trunc").to(torch.int32)
+    return torch.div(x * k if k != 1 else x, s, rounding_mode="trunc")
+
+
 def lif_step(
     u: torch.Tensor,
     v: torch.Tensor,
@@ -64,19 +78,19 @@ def lif_step(
     int32_possible: bool = True,
     u_wrap_possible: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """One ``AbstractPyLifModelFixed`` update (int64 tensors): (u, v, spikes, u wrapped? or None, v before
-    its clip). ``int32_possible``/``u_wrap_possible`` False skip wrap-arounds that the caller proved cannot
-    happen (the result is identical, only faster)."""
-    if du == _UNITY - 1:  # decay constant 4096: the old current is gone (exactly 0)
-        decayed_u = None
-    else:
-        decayed_u = torch.div(u * (_UNITY - (du + 1)), _UNITY, rounding_mode="trunc")
-    if int32_possible:
+    """One ``AbstractPyLifModelFixed`` update: (u, v, spikes, u wrapped? or None, v before its clip).
+
+    Tensors are int64, or int32 where the caller proved that no int32 overflow can happen
+    (``int32_possible`` False); ``u_wrap_possible`` False skips the 24-bit wrap of u where the caller proved
+    it cannot happen. The results are identical either way, only faster."""
+    if int32_possible:  # reproduce numpy's int32 wrap-around of Lava's arithmetic
         cur = wrap32(wrap32(a_in) << ACT_SHIFT)
-        cur = cur if decayed_u is None else wrap32(decayed_u + cur)
+        if du != _UNITY - 1:
+            cur = wrap32(_decay(u, _UNITY - (du + 1), 2**63) + cur)
     else:
         cur = a_in << ACT_SHIFT
-        cur = cur if decayed_u is None else decayed_u + cur
+        if du != _UNITY - 1:  # decay constant 4096 (du = 4095) leaves exactly 0 of the old current
+            cur = _decay(u, _UNITY - (du + 1), 2**31) + cur
     wrapped = None
     if u_wrap_possible:
         u_hi, u_lo = cur > _UV_MAX, cur <= -_UV_MAX
@@ -84,8 +98,7 @@ def lif_step(
         wrapped = u_hi | u_lo
     else:
         u = cur
-    decayed_v = v if dv == 0 else torch.div(v * (_UNITY - dv), _UNITY, rounding_mode="trunc")
-    total = decayed_v + u + bias
+    total = _decay(v, _UNITY - dv, _UV_MAX) + u + bias
     if int32_possible:
         total = wrap32(total)
     v = total.clamp(-(_UV_MAX - 1), _UV_MAX - 1)
@@ -149,6 +162,9 @@ class _Compiled:
             for syn, _, _ in self.syn
             if syn.kind == "conv"
         }
+        # int32 states where no int32 overflow can happen (half the memory traffic), else int64
+        self.dtype = {n: torch.int64 if self.int32_possible[n] else torch.int32 for n in lg.layers}
+        self.bias = {n: b.to(self.dtype[n]) for n, b in self.bias.items()}
         self.u_wrap_possible = {
             n: lg.layers[n].du != _UNITY - 1 or (a_bound[n] << ACT_SHIFT) > _UV_MAX for n in lg.layers
         }
@@ -160,7 +176,8 @@ class EmulatorBackend:
     ``run`` quantises the float graph (with ``calibration_stream`` if given, else static bounds) and keeps
     the ``LoihiGraph`` and report in ``self.loihi_graph`` / ``self.report``; ``run_loihi`` runs a
     ``LoihiGraph`` directly. After a run ``self.stats`` holds per-layer integer ranges (max |u|, max |v|
-    before its clip) and saturation counts (u wraps, v clips, conv a_buf wraps, readout spikes) unless
+    before its clip) and saturation counts (u wraps, v clips, conv a_buf wraps, readout spikes, analog
+    inputs clipped by the host) unless
     ``collect_stats`` is False (faster).
     """
 
@@ -224,9 +241,14 @@ class EmulatorBackend:
         steps, batch = stream.shape[:2]
         x = torch.as_tensor(stream, device=dev)
         host = host_currents_torch(lg, x, dev)
+        if lg.input.mode == "current" and self.collect_stats:  # the host clips inputs beyond its range
+            clipped = int(
+                (torch.round(x.to(torch.float64) * lg.input.in_scale).abs() > lg.input.in_max).sum()
+            )
+            self.stats["input_clipped"] = self.stats.get("input_clipped", 0) + clipped
         spikes_in = x.to(torch.float64) if lg.input.mode == "spikes" else None  # exact 0/1
         zeros = {
-            n: torch.zeros((batch, *layer.shape), dtype=torch.int64, device=dev)
+            n: torch.zeros((batch, *layer.shape), dtype=c.dtype[n], device=dev)
             for n, layer in lg.layers.items()
         }
         u = {n: z.clone() for n, z in zeros.items()}
@@ -247,13 +269,13 @@ class EmulatorBackend:
             for name in c.order:
                 layer = lg.layers[name]
                 wide = c.int32_possible[name]
-                a_in = host[name][t] if name in host else zeros[name]
+                a_in = host[name][t].to(c.dtype[name]) if name in host else zeros[name]
                 a_in = wrap32(a_in) if wide else a_in
                 for syn, lag, w in c.syn:
                     if syn.dst != name or t - lag < 0:
                         continue
                     src = spikes_in[t - lag] if syn.src == lg.input.name else history[syn.src][t - lag]
-                    acc = self._synapse(syn, w, src.reshape(batch, -1), batch)
+                    acc = self._synapse(syn, w, src.reshape(batch, -1), batch, c.dtype[name])
                     if syn.kind == "conv":
                         if c.conv_wrap_possible[syn.name]:
                             wrapped = wrap24(acc)
@@ -287,9 +309,9 @@ class EmulatorBackend:
                     spike_record[name].append(s)
                 if name == ro.layer:
                     if ro.mode == "current":
-                        readout_record.append(u[name].clone())
+                        readout_record.append(u[name])  # lif_step returns new tensors: no copy needed
                     elif ro.mode == "potential":
-                        readout_record.append(v[name].clone())
+                        readout_record.append(v[name])
                     else:
                         readout_record.append(s.to(torch.int64))
                     if layer.kind == "readout":
@@ -304,9 +326,13 @@ class EmulatorBackend:
         return out, {n: torch.stack(s).cpu().numpy() for n, s in spike_record.items()}
 
     @staticmethod
-    def _synapse(
-        syn, w: tuple[torch.Tensor, torch.Tensor | None], s: torch.Tensor, batch: int
-    ) -> torch.Tensor:  # noqa: ANN001
+    def _synapse(  # noqa: ANN205
+        syn,  # noqa: ANN001
+        w: tuple[torch.Tensor, torch.Tensor | None],
+        s: torch.Tensor,
+        batch: int,
+        dtype: torch.dtype = torch.int64,
+    ):
         """Exact integer synaptic sum of binary spikes ``s``. With ``w[1]`` (a float32 copy, given when every
         partial sum is an integer below 2**24) it runs in float32 and is accepted only if every result is an
         integer (any inexact algorithm, e.g. FFT or Winograd, shows up as fractions); else float64."""
@@ -319,7 +345,7 @@ class EmulatorBackend:
                 acc = x @ weight.T
             rounded = torch.round(acc)
             if weight.dtype == torch.float64 or torch.equal(rounded, acc):
-                return rounded.to(torch.int64)
+                return rounded.to(dtype)
         raise AssertionError("unreachable")  # the float64 pass always returns
 
     def _merge_stats(self, stat_t: dict, conv_wraps: dict) -> None:

@@ -11,6 +11,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
+
+from lasnn.errors import LasnnError
 from lasnn.export.graph import (
     Affine,
     Conv2d,
@@ -26,9 +29,6 @@ from lasnn.export.graph import (
 )
 from lasnn.export.validate import infer_shapes
 from lasnn.sims.backend import BackendResult
-from tqdm import tqdm
-
-from lasnn.errors import LasnnError
 
 
 class _Compiled:

@@ -22,8 +22,10 @@ Lava's own processes, one to one:
   sources: this is the contract's choice (16-bit host currents instead of 8-bit pixels times 8-bit weights
   through a Conv whose large fan-in sums would risk its 24-bit wrap), and every backend injects the same
   integers;
-- spikes are recorded by ``RingBuffer`` sinks, the readout's ``u`` (current mode) or ``v`` (potential mode)
-  by a ``Monitor``; everything is read back once after the run.
+- spikes are recorded by ``FileSink`` processes (``lasnn.sims.lava_processes``: Lava's receiving
+  ``RingBuffer`` that hands its recording back through a file, because Lava's ``Var.get`` transfers one
+  element per message, ~40 us each), the readout's ``u`` (current mode) or ``v`` (potential mode) by a
+  ``Monitor``; everything is read back once after the run.
 
 Results are re-aligned to the float graph's time (Lava's one-step delay per synapse stage removed) and
 keyed by the float graph's neuron node names, exactly like the emulator's.
@@ -32,18 +34,22 @@ keyed by the float graph's neuron node names, exactly like the emulator's.
 from __future__ import annotations
 
 import math
+import os
+import tempfile
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from lasnn.errors import LasnnError
 from lasnn.export.graph import Graph
 from lasnn.hardware.loihi_graph import LoihiGraph, LoihiLayer, LoihiSynapse, check_loihi_graph, host_currents
 from lasnn.sims.backend import BackendResult
 
-from lasnn.errors import LasnnError
-
 SPARSE_MIN_ENTRIES = 1 << 20  # dense matrices at least this large and under 10% full become Lava Sparse
 SPARSE_MAX_DENSITY = 0.1
+DENSE_MAX_ENTRIES = 1 << 26  # a dense int32 matrix of 256 MiB (Lava's DelayDense copies it every step)
 RING_MAX_VALUE = 2**31 - 1  # RingBuffer sources send int32 (lava/proc/io/source.py PySendModelFixed)
 
 
@@ -52,7 +58,7 @@ class _Network:
     """The Lava processes of one run and what is needed to read them back."""
 
     processes: list[Any]
-    sinks: dict[str, Any]  # layer name -> spike sink
+    sinks: dict[str, str]  # layer name -> .npy file its FileSink writes at the end of the run
     monitor: Any | None
     readout_var: Any | None
     total_steps: int
@@ -101,17 +107,18 @@ def import_lava_runtime() -> None:
 def _import_lava() -> dict[str, Any]:
     """Import Lava lazily (after ``lasnn.sims`` installed its Python 3.11 hook) and return the classes."""
     import_lava_runtime()
-    from lasnn.sims.lava_processes.masked_dense import MaskedDelayDense
     from lava.magma.core.run_conditions import RunSteps
     from lava.magma.core.run_configs import Loihi2SimCfg
     from lava.proc.conv.process import Conv
     from lava.proc.dense.process import DelayDense, Dense
-    from lava.proc.io.sink import RingBuffer as Sink
     from lava.proc.io.source import RingBuffer as Source
     from lava.proc.lif.process import LIFReset
     from lava.proc.monitor.process import Monitor
-    from lava.proc.sparse.process import Sparse
+    from lava.proc.sparse.process import DelaySparse, Sparse
     from lava.utils.weightutils import SignMode
+
+    from lasnn.sims.lava_processes.file_sink import FileSink
+    from lasnn.sims.lava_processes.masked_dense import MaskedDelayDense
 
     return dict(
         RunSteps=RunSteps,
@@ -119,11 +126,12 @@ def _import_lava() -> dict[str, Any]:
         Conv=Conv,
         Dense=Dense,
         DelayDense=DelayDense,
-        Sink=Sink,
+        FileSink=FileSink,
         Source=Source,
         LIFReset=LIFReset,
         Monitor=Monitor,
         Sparse=Sparse,
+        DelaySparse=DelaySparse,
         SignMode=SignMode,
         MaskedDelayDense=MaskedDelayDense,
     )
@@ -166,6 +174,7 @@ class LavaBackend:
     def __init__(self, max_samples_per_run: int = 1000) -> None:
         self.max_samples_per_run = int(max_samples_per_run)
         self.last_loihi_graph: LoihiGraph | None = None
+        self.timings: list[dict[str, float]] = []  # per Lava run: build, compile+run, read-back seconds
 
     def run(self, graph: Graph | LoihiGraph, stream: np.ndarray) -> BackendResult:
         stream = np.asarray(stream)
@@ -203,22 +212,40 @@ class LavaBackend:
     def _run_batch(self, lg: LoihiGraph, stream: np.ndarray) -> BackendResult:
         lava = _import_lava()
         samples = stream.shape[1]
-        net = build_network(lava, lg, stream)
+        started = time.perf_counter()
+        record_dir = tempfile.TemporaryDirectory(prefix="lasnn-lava-")
+        net = build_network(lava, lg, stream, record_dir.name)
         first = net.processes[0]
         try:
+            built = time.perf_counter()
+            # compiles, starts one OS process per Lava process, and runs all samples
             first.run(
                 condition=lava["RunSteps"](num_steps=net.total_steps),
                 run_cfg=lava["Loihi2SimCfg"](select_tag="fixed_pt"),
             )
-            spikes_raw = {name: np.asarray(sink.data.get()) for name, sink in net.sinks.items()}
+            ran = time.perf_counter()
+            spikes_raw = {name: _load_recording(path, name) for name, path in net.sinks.items()}
             readout_raw = None
             if net.monitor is not None:
                 data = net.monitor.get_data()
                 readout_raw = np.asarray(data[net.readout_var[0]][net.readout_var[1]])  # [steps, *shape]
+            read = time.perf_counter()
         finally:
             first.stop()
+            record_dir.cleanup()
+        self.timings.append(
+            {
+                "samples": samples,
+                "steps": net.total_steps,
+                "processes": len(net.processes),
+                "build_s": built - started,
+                "compile_and_run_s": ran - built,
+                "read_s": read - ran,
+                "total_s": time.perf_counter() - started,
+            }
+        )
         spikes = {
-            name: _align(lg, lg.layers[name], np.moveaxis(raw, -1, 0), samples).astype(np.uint8)
+            name: _align(lg, lg.layers[name], raw, samples).astype(np.uint8)
             for name, raw in spikes_raw.items()
         }
         ro = lg.readout
@@ -234,6 +261,13 @@ class LavaBackend:
             outputs = lg.readout_to_float(_align(lg, layer, readout_raw, samples).astype(np.int64))
         spikes = {name: s for name, s in spikes.items() if lg.layers[name].kind == "lif"}
         return BackendResult(outputs=outputs, spikes=spikes)
+
+
+def _load_recording(path: str, layer: str) -> np.ndarray:
+    """A ``FileSink`` recording ``[steps, *shape]``."""
+    if not os.path.isfile(path):
+        raise LasnnError(f"Lava wrote no spike recording for layer {layer!r}; the run did not complete.")
+    return np.load(path)
 
 
 def _align(lg: LoihiGraph, layer: LoihiLayer, raw: np.ndarray, samples: int) -> np.ndarray:
@@ -252,8 +286,9 @@ def _quantise(graph: Graph, stream: np.ndarray) -> LoihiGraph:
     return lg
 
 
-def build_network(lava: dict[str, Any], lg: LoihiGraph, stream: np.ndarray) -> _Network:
-    """Create and connect the Lava processes for ``stream`` ``[T, B, *input_shape]`` (not yet run)."""
+def build_network(lava: dict[str, Any], lg: LoihiGraph, stream: np.ndarray, record_dir: str) -> _Network:
+    """Create and connect the Lava processes for ``stream`` ``[T, B, *input_shape]`` (not yet run); spike
+    recordings will be written to ``record_dir``."""
     samples = stream.shape[1]
     period = lg.steps_per_sample(0)
     total = lg.total_steps(samples, 0)
@@ -322,12 +357,13 @@ def build_network(lava: dict[str, Any], lg: LoihiGraph, stream: np.ndarray) -> _
         dst_shape = tuple(lg.layers[syn.dst].shape)
         processes.append(_connect(lava, lg, syn, src_port, src_shape, lif[syn.dst], dst_shape, period))
 
-    sinks: dict[str, Any] = {}
-    for name, layer in lg.layers.items():
+    sinks: dict[str, str] = {}
+    for index, (name, layer) in enumerate(lg.layers.items()):
         if layer.kind == "lif" or lg.readout.mode == "spikes" and name == lg.readout.layer:
-            sinks[name] = lava["Sink"](shape=tuple(layer.shape), buffer=total)
-            lif[name].s_out.connect(sinks[name].a_in)
-            processes.append(sinks[name])
+            sinks[name] = os.path.join(record_dir, f"layer{index}.npy")
+            sink = lava["FileSink"](shape=tuple(layer.shape), buffer=total, path=sinks[name], dtype="int8")
+            lif[name].s_out.connect(sink.a_in)
+            processes.append(sink)
     monitor = None
     readout_var = None
     if lg.readout.mode in ("current", "potential"):
@@ -402,6 +438,12 @@ def _connect(
         num_weight_bits=8,
         name=name,
     )
+    large = n_out * n_in >= SPARSE_MIN_ENTRIES and matrix.nnz < SPARSE_MAX_DENSITY * n_out * n_in
+    if n_out * n_in > DENSE_MAX_ENTRIES and not (large and masked == 0):
+        raise LasnnError(
+            f"Quantised synapse {syn.name!r} is a {n_out}x{n_in} matrix, too large for Lava's dense "
+            "connection processes in memory; simulate this graph with the emulator."
+        )
     if masked > 0:
         proc = lava["MaskedDelayDense"](
             weights=matrix.toarray().astype(np.int32),
@@ -411,14 +453,19 @@ def _connect(
             mask_length=masked,
             **common,
         )
+    elif large and syn.delay > 0:
+        weights = matrix.astype(np.int32).tocsr()
+        delays = weights.copy()
+        delays.data = np.full(delays.nnz, int(syn.delay), dtype=int)
+        proc = lava["DelaySparse"](weights=weights, delays=delays, **common)
     elif syn.delay > 0:
         proc = lava["DelayDense"](
             weights=matrix.toarray().astype(np.int32),
             delays=np.full((n_out, n_in), int(syn.delay), dtype=int),
             **common,
         )
-    elif n_out * n_in >= SPARSE_MIN_ENTRIES and matrix.nnz < SPARSE_MAX_DENSITY * n_out * n_in:
-        proc = lava["Sparse"](weights=matrix.astype(np.int32), **common)
+    elif large:
+        proc = lava["Sparse"](weights=matrix.astype(np.int32).tocsr(), **common)
     else:
         proc = lava["Dense"](weights=matrix.toarray().astype(np.int32), **common)
     port = src_port if len(src_shape) == 1 else src_port.reshape((n_in,))

@@ -28,15 +28,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from lasnn.export.graph import Graph, Input, Neuron, Output
 from tqdm import tqdm
 
 from lasnn.artifacts import atomic_write, write_json
 from lasnn.encoding import ENCODINGS, encode
 from lasnn.errors import LasnnError
+from lasnn.export.graph import Graph, Input, Neuron, Output
 
 BACKENDS = ("lava", "emulator", "float")
-DEFAULT_BATCH = {"lava": 50, "emulator": 256, "float": 256}  # lava: samples per Lava run (one read-back)
+DEFAULT_BATCH = {"lava": 100, "emulator": 256, "float": 256}  # lava: samples per Lava run (one read-back)
 CALIBRATION_SAMPLES = 256  # training samples the quantiser calibrates its scales on
 OUTPUT_KEY = "output"  # key of the Output node's values in a --save-spikes file
 

@@ -6,6 +6,8 @@ import itertools
 
 import numpy as np
 import pytest
+
+from lasnn.errors import LasnnError
 from lasnn.export.graph import (
     Affine,
     Conv2d,
@@ -20,8 +22,6 @@ from lasnn.export.graph import (
     SumPool2d,
 )
 from lasnn.hardware.activity import layer_activity
-
-from lasnn.errors import LasnnError
 
 
 def neuron(shape: tuple[int, ...]) -> Neuron:

@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
 from lasnn.distill import conversion
 from lasnn.distill.conversion import build_converted, convert, evaluate_curve, normalised_rates, percentile
 from lasnn.distill.spiking_layers import ResidualBlock, SeqFlatten, SeqPool, SeqSynapse, SpikingNeurons
+from torch import nn
+
 from lasnn.errors import LasnnError
 
 
@@ -166,8 +166,8 @@ def test_firing_rates_approach_normalised_activations(make) -> None:
                 np.mean([float((spikes[i].mean(0) - ref).abs().mean()) for i, ref in enumerate(reference)])
             )
             logit_errors.append(float((logits - logits_ref).abs().mean()))
-    assert all(a > b for a, b in zip(errors, errors[1:])), errors
-    assert all(a > b for a, b in zip(logit_errors, logit_errors[1:])), logit_errors
+    assert all(a > b for a, b in zip(errors, errors[1:], strict=False)), errors
+    assert all(a > b for a, b in zip(logit_errors, logit_errors[1:], strict=False)), logit_errors
     assert errors[-1] < 0.02 and errors[0] > 2 * errors[-1]
 
 
@@ -310,3 +310,51 @@ def test_one_pass_curve_equals_separate_runs() -> None:
             separate[t] = int((student(images).argmax(-1) == labels).sum())
     assert {t: round(curve[t] * 24) for t in steps} == separate
     assert len(set(separate.values())) > 2  # the accuracies differ across T: the comparison has teeth
+
+
+def test_convert_teacher_writes_curve_and_converted_checkpoint(tmp_path) -> None:
+    from lasnn.distill.checkpoints import load_student, save_teacher
+    from lasnn.distill.conversion_commands import _stack, convert_teacher, parse_timesteps, subset_indices
+    from lasnn.distill.teachers import build_teacher
+
+    from lasnn.data import dataset_info, load_dataset
+
+    info = dataset_info("digits")
+    config = dict(arch="small_cnn", in_shape=list(info.input_shape), num_classes=info.num_classes, width=0.25)
+    torch.manual_seed(0)
+    teacher = _randomise_norms(build_teacher(config))
+    meta = dict(
+        dataset="digits",
+        data_root=None,
+        input_shape=list(info.input_shape),
+        num_classes=info.num_classes,
+        mean=list(info.mean),
+        std=list(info.std),
+        seed=0,
+    )
+    save_teacher(tmp_path / "t" / "teacher.pt", teacher, config, meta)
+    metrics = convert_teacher(
+        tmp_path / "t",
+        "4,1,2",
+        tmp_path / "c",
+        reset="subtract",
+        calibration_samples=32,
+        test_samples=40,
+        progress=False,
+    )
+    on_disk = json.loads((tmp_path / "c" / "metrics.json").read_text())
+    assert on_disk["curve"] == metrics["curve"] and [p["timesteps"] for p in on_disk["curve"]] == [1, 2, 4]
+    assert on_disk["test_samples"] == 40 and on_disk["calibration_samples"] == 32
+    student, blob = load_student(tmp_path / "c" / "student.pt")
+    assert blob["kind"] == "converted" and student.timesteps == metrics["chosen_timesteps"]
+    test_set, _ = load_dataset("digits", "test", augment=False)
+    images, labels = _stack(test_set, subset_indices(len(test_set), 40, 1))
+    with torch.no_grad():
+        acc = float((student(images).argmax(-1) == labels).float().mean())
+        teacher_acc = float((teacher(images).argmax(-1) == labels).float().mean())
+    curve = {p["timesteps"]: p["test_accuracy"] for p in metrics["curve"]}
+    assert acc == pytest.approx(curve[student.timesteps]) and teacher_acc == pytest.approx(
+        metrics["teacher_accuracy"]
+    )
+    with pytest.raises(LasnnError, match="--timesteps"):
+        parse_timesteps("1,0,4")

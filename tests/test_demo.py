@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import pytest
 
 from lasnn import demo
+from lasnn.cli import main
 
 
 @pytest.mark.slow
 @pytest.mark.lava
 def test_quick_demo_end_to_end(tmp_path, capsys):
-    parser = argparse.ArgumentParser()
-    demo.register(parser.add_subparsers())
     out = tmp_path / "demo"
-    args = parser.parse_args(["demo", "--quick", "--out", str(out)])
-    assert args.func(args) == 0
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert f"report: {out / 'report' / 'report.html'}" in printed
     for line in ("LaSNN student (Lava)", "converted SNN (emulator)", "teacher ANN"):

@@ -11,10 +11,13 @@ contract.
 
 from __future__ import annotations
 
-import lasnn.sims  # noqa: F401 - installs the Lava import hook before lava.utils is imported
 import numpy as np
 import pytest
 import torch
+
+import lasnn.sims  # noqa: F401 - installs the Lava import hook before lava.utils is imported
+from lasnn.errors import LasnnError
+from lasnn.export.graph import Affine, Conv2d, Flatten, Graph, Input, Neuron, Output, Scale, SumPool2d
 from lasnn.hardware.loihi_graph import (
     ConvGeometry,
     HostSynapse,
@@ -25,8 +28,6 @@ from lasnn.hardware.loihi_graph import (
     LoihiSynapse,
 )
 from lasnn.sims.emulator import EmulatorBackend, lif_step, wrap24
-
-from lasnn.errors import LasnnError
 
 # ----------------------------------------------------------------------------------------------------
 # independent reference
@@ -294,7 +295,10 @@ def test_emulator_matches_lava_reference_host_input_and_recurrence() -> None:
     rng = np.random.default_rng(11)
     lg = host_recurrent_graph(rng)
     stream = rng.standard_normal((6, 5, 4))
-    result = EmulatorBackend(progress=False).run_loihi(lg, stream)
+    stream[2, 1, 3] = 40.0  # beyond the host's 16-bit input range (32767 / in_scale 1000): clipped, counted
+    emu = EmulatorBackend(progress=False)
+    result = emu.run_loihi(lg, stream)
+    assert emu.stats["input_clipped"] == 1
     # the recurrent buffer must not carry a sample's last spikes into the next: run samples one by one
     for b in range(stream.shape[1]):
         raw, spikes = lava_reference(lg, stream[:, b : b + 1])
@@ -338,7 +342,7 @@ def test_emulator_cuda_matches_cpu() -> None:
     assert all(np.array_equal(cpu.spikes[n], gpu.spikes[n]) for n in cpu.spikes)
 
 
-@pytest.mark.parametrize("du,dv", [(4095, 0), (0, 4095), (1234, 321)])
+@pytest.mark.parametrize("du,dv", [(4095, 0), (0, 4095), (1234, 321), (4095, 2048)])
 def test_lif_step_matches_lava_equations_in_extreme_ranges(du: int, dv: int) -> None:
     """Inputs up to 2**30 overflow Lava's int32 arithmetic; the emulator must wrap exactly as numpy does."""
     rng = np.random.default_rng(du + dv)
@@ -354,6 +358,64 @@ def test_lif_step_matches_lava_equations_in_extreme_ranges(du: int, dv: int) -> 
         assert np.array_equal(out[0].numpy(), ref_u) and np.array_equal(out[1].numpy(), ref_v)
         assert np.array_equal(out[2].numpy(), ref_s)
         if scale <= 2**17:  # small enough that int32 cannot overflow: the fast path must agree
-            fast = lif_step(t(u), t(v), t(a_in), du, dv, t(bias), 1000, int32_possible=False)
-            assert np.array_equal(fast[1].numpy(), ref_v) and np.array_equal(fast[0].numpy(), ref_u)
+            for cast in (t, lambda a: torch.as_tensor(a.astype(np.int32))):  # int64 and int32 states
+                fast = lif_step(cast(u), cast(v), cast(a_in), du, dv, cast(bias), 1000, int32_possible=False)
+                assert np.array_equal(fast[1].numpy(), ref_v) and np.array_equal(fast[0].numpy(), ref_u)
+                assert np.array_equal(fast[2].numpy(), ref_s)
         u, v = ref_u, ref_v
+
+
+def _trained_like_graph() -> tuple[Graph, np.ndarray]:
+    """A small direct-encoded CNN (conv, pool+conv, pool+linear readout) with weights that make both layers
+    fire at rates like a trained student's (~5-25 %), and 200 input images."""
+    rng = np.random.default_rng(0)
+    f = lambda shape, v: np.full(shape, v)  # noqa: E731
+
+    def lif(shape: tuple[int, ...]) -> Neuron:
+        return Neuron(
+            shape=shape,
+            alpha_v=f(shape, 0.5),
+            gain=f(shape, 0.5),
+            v_threshold=f(shape, 1.0),
+            v_reset=f(shape, 0.0),
+            v_leak=f(shape, 0.0),
+        )
+
+    nodes = {
+        "input": Input((1, 8, 8)),
+        "c1": Conv2d(
+            rng.standard_normal((8, 1, 3, 3)) * 0.8, rng.standard_normal(8) * 0.2, (1, 8, 8), padding=(1, 1)
+        ),
+        "n1": lif((8, 8, 8)),
+        "p1": SumPool2d((2, 2), (2, 2), (8, 8, 8)),
+        "s1": Scale(np.array(0.25)),
+        "c2": Conv2d(
+            rng.standard_normal((16, 8, 3, 3)) * 0.6, rng.standard_normal(16) * 0.2, (8, 4, 4), padding=(1, 1)
+        ),
+        "n2": lif((16, 4, 4)),
+        "p2": SumPool2d((2, 2), (2, 2), (16, 4, 4)),
+        "s2": Scale(np.array(0.25)),
+        "f": Flatten((16, 2, 2)),
+        "fc": Affine(rng.standard_normal((10, 64)) * 0.5, rng.standard_normal(10) * 0.1),
+        "output": Output((10,)),
+    }
+    names = list(nodes)
+    graph = Graph(nodes, list(zip(names, names[1:], strict=False)), {"timesteps": 4, "encoding": "direct"})
+    return graph, np.repeat(rng.standard_normal((1, 200, 1, 8, 8)), 4, axis=0)
+
+
+def test_emulator_tracks_the_float_backend() -> None:
+    from lasnn.sims.float_backend import FloatBackend
+
+    graph, stream = _trained_like_graph()
+    emu = EmulatorBackend(progress=False, calibration_stream=stream[:, :50])
+    fixed = emu.run(graph, stream)
+    ref = FloatBackend(progress=False).run(graph, stream)
+    assert set(fixed.spikes) == set(ref.spikes) == {"n1", "n2"}
+    for name in ref.spikes:
+        assert 0.03 < ref.spikes[name].mean() < 0.5
+        assert (fixed.spikes[name] != ref.spikes[name]).mean() < 0.01  # < 1 % of spikes differ
+    agree = (fixed.outputs.mean(0).argmax(-1) == ref.outputs.mean(0).argmax(-1)).mean()
+    assert agree >= 0.9
+    assert fixed.outputs.shape == ref.outputs.shape
+    assert emu.report is not None and emu.stats["n1"]["u_wraps"] == 0 and emu.stats["n1"]["v_clips"] == 0

@@ -6,10 +6,10 @@ import json
 
 import pytest
 import torch
-from lasnn.hardware.energy import ann_energy, barrier_time, count_macs, latency, load_model, snn_energy
 from torch import nn
 
 from lasnn.errors import LasnnError
+from lasnn.hardware.energy import ann_energy, barrier_time, count_macs, latency, load_model, snn_energy
 
 LAYERS = [
     {

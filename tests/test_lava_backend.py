@@ -10,10 +10,11 @@ network checks Lava's time alignment and the start-of-sample clearing of recurre
 
 from __future__ import annotations
 
-import lasnn.sims  # noqa: F401 - installs the Lava import hook before any lava import
 import numpy as np
 import pytest
 import torch
+
+import lasnn.sims  # noqa: F401 - installs the Lava import hook before any lava import
 from lasnn.export.graph import (
     Affine,
     Conv2d,
@@ -238,3 +239,24 @@ def test_lava_conv_kernel_layout_flips_for_lava_convolution() -> None:
     lava = lava_conv_kernel(kernel)
     assert lava.shape == (2, 4, 2, 3)
     np.testing.assert_array_equal(lava[:, ::-1, ::-1].transpose(0, 3, 2, 1), kernel)
+
+
+@pytest.mark.slow
+def test_lava_sparse_connection_processes_match_emulator(
+    networks: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Large sparse synapses (e.g. a CIFAR residual shortcut) use Lava's Sparse / DelaySparse; forced here
+    on the small residual network, whose delayed shortcut and dense head take those paths."""
+    import lasnn.sims.lava_backend as lava_backend
+
+    monkeypatch.setattr(lava_backend, "SPARSE_MIN_ENTRIES", 0)
+    monkeypatch.setattr(lava_backend, "SPARSE_MAX_DENSITY", 1.01)
+    graph, stream = networks["residual_poisson"]
+    stream = stream[:, :12]
+    lg, _ = quantise(graph, stream)
+    assert any(s.delay > 0 and s.kind == "dense" for s in lg.synapses)  # the shortcut: DelaySparse
+    emulated = EmulatorBackend(progress=False).run_loihi(lg, stream)
+    simulated = LavaBackend().run_loihi(lg, stream)
+    for layer, spikes in emulated.spikes.items():
+        np.testing.assert_array_equal(simulated.spikes[layer], spikes)
+    np.testing.assert_array_equal(simulated.outputs, emulated.outputs)

@@ -3,7 +3,6 @@ in headless Chromium, the teacher's MAC energy, and user errors."""
 
 from __future__ import annotations
 
-import argparse
 import base64
 import json
 import shutil
@@ -14,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+from lasnn.cli import main
+from lasnn.errors import LasnnError
 from lasnn.export.graph import Affine, Conv2d, Flatten, Graph, Input, Neuron, Output, SumPool2d
 from lasnn.hardware.activity import layer_activity
-
-from lasnn.errors import LasnnError
-from lasnn.reports import commands
 from lasnn.reports.report import load_run, make_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -239,11 +238,11 @@ def test_bad_run_json_is_a_user_error(tmp_path):
 
 def test_report_command(tmp_path, capsys):
     run = _run_json(tmp_path / "run.json", 0.2, 4, 0.9, 3)
-    parser = argparse.ArgumentParser()
-    commands.register(parser.add_subparsers())
-    args = parser.parse_args(["report", str(run), "-o", str(tmp_path / "rep"), "--energy-model", "loihi"])
-    assert args.func(args) == 0
+    assert main(["report", str(run), "-o", str(tmp_path / "rep"), "--energy-model", "loihi"]) == 0
     printed = capsys.readouterr().out
     assert "energy / inf. [loihi]" in printed and "report.html" in printed
     report = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert list(report["energy_models"]) == ["loihi"]
+    # a user error is one line on stderr and exit status 2
+    assert main(["report", str(tmp_path / "missing.json"), "-o", str(tmp_path / "rep2")]) == 2
+    assert "missing.json does not exist" in capsys.readouterr().err

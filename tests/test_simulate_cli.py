@@ -14,20 +14,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from lasnn.export.graph import Affine, Graph, Input, LeakyIntegrator, Neuron, Output
-from lasnn.export.nir_io import write_nir
 
 from lasnn.cli import main
+from lasnn.export.graph import Affine, Graph, Input, LeakyIntegrator, Neuron, Output
+from lasnn.export.nir_io import write_nir
 
 T = 4
 
 
 def _student_nir(path: Path, encoding: str, num_classes: int = 10) -> Path:
     """A small random VGG student on digits (weights scaled so every layer is active), as lasnn exports it."""
+    from lasnn.data import dataset_info
     from lasnn.distill.students import vgg_student
     from lasnn.export.lowering import lower_student
-
-    from lasnn.data import dataset_info
 
     torch.manual_seed(0)
     student = vgg_student((1, 8, 8), num_classes, widths=((4,), (8,)), timesteps=T, encoding=encoding)

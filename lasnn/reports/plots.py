@@ -22,6 +22,13 @@ def _png(fig: Figure) -> bytes:
     return buffer.getvalue()
 
 
+def _joules(value: float) -> str:
+    for unit, scale in (("mJ", 1e-3), ("µJ", 1e-6), ("nJ", 1e-9)):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g} {unit}"
+    return f"{value / 1e-12:.3g} pJ"
+
+
 def layer_activity_plot(run: dict) -> bytes:
     """Spikes and synaptic ops per layer per inference of one run (log scale: layers differ by decades)."""
     layers = run["layers"]
@@ -53,75 +60,87 @@ def layer_activity_plot(run: dict) -> bytes:
 
 
 def energy_plot(report: dict) -> bytes:
-    """Energy per inference of every run under every model (stacked by term), and the teacher ANN."""
-    bars: list[tuple[str, dict[str, float]]] = []
-    for run in report["runs"]:
-        for model, energy in run["energy"].items():
+    """Energy per inference of every run, one panel per cost model, stacked by term; the teacher ANN (MACs)
+    in the panel of its own cost model."""
+    models = list(report["energy_models"])
+    teacher = report.get("teacher")
+    colors = {"synaptic": "#1b9e77", "neuron": "#7570b3", "spike": "#d95f02", "MAC": "#666666"}
+    rows = len(report["runs"]) + (1 if teacher else 0)
+    fig = Figure(figsize=(10.0, 1.2 + 0.5 * rows * len(models) + 0.8 * len(models)), layout="constrained")
+    axes = fig.subplots(len(models), 1, squeeze=False)[:, 0]
+    for ax, model in zip(axes, models, strict=True):
+        bars: list[tuple[str, dict[str, float]]] = []
+        for run in report["runs"]:
+            e = run["energy"][model]
             bars.append(
                 (
-                    f"{run['label']}\n[{model}]",
+                    run["label"],
                     {
-                        "synaptic": energy["synaptic_energy"],
-                        "neuron": energy["neuron_energy"],
-                        "spike": energy["spike_energy"],
+                        "synaptic": e["synaptic_energy"],
+                        "neuron": e["neuron_energy"],
+                        "spike": e["spike_energy"],
                     },
                 )
             )
-    teacher = report.get("teacher")
-    if teacher:
-        for model, energy in teacher["energy"].items():
-            bars.append((f"{teacher['label']}\n[{model}]", {"MAC": energy}))
-    colors = {"synaptic": "#1b9e77", "neuron": "#7570b3", "spike": "#d95f02", "MAC": "#666666"}
-    fig = Figure(figsize=(max(6.0, 1.3 * len(bars) + 2), 4.6))
-    ax = fig.subplots()
-    x = np.arange(len(bars))
-    bottom = np.zeros(len(bars))
-    for term, color in colors.items():
-        heights = np.array([parts.get(term, 0.0) for _, parts in bars]) * 1e9  # nJ
-        if heights.any():
-            ax.bar(x, heights, bottom=bottom, color=color, label=term)
-            bottom += heights
-    for xi, total in zip(x, bottom, strict=True):
-        ax.text(xi, total, f"{total:.3g}", ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(x, [name for name, _ in bars], fontsize=8)
-    ax.set_ylabel("energy per inference (nJ)")
-    ax.set_title("Energy per inference by run and cost model", fontsize=11)
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
+        if teacher and model in teacher["energy"]:
+            bars.append((teacher["label"], {"MAC": teacher["energy"][model]}))
+        y = np.arange(len(bars))[::-1]
+        left = np.zeros(len(bars))
+        for term, color in colors.items():
+            widths = np.array([parts.get(term, 0.0) for _, parts in bars]) * 1e9  # nJ
+            if widths.any():
+                ax.barh(y, widths, left=left, color=color, label=term)
+                left += widths
+        for yi, total in zip(y, left, strict=True):
+            ax.text(total, yi, f" {_joules(total * 1e-9)}", va="center", fontsize=8)
+        ax.set_yticks(y, [name for name, _ in bars], fontsize=8)
+        ax.set_xlim(0, left.max() * 1.25 if left.max() > 0 else 1)
+        ax.set_xlabel("energy per inference (nJ)", fontsize=9)
+        ax.set_title(f"cost model: {model}", fontsize=10)
+        ax.legend(fontsize=8, loc="lower right")
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle("Energy per inference", fontsize=11)
     return _png(fig)
 
 
 def accuracy_energy_plot(report: dict) -> bytes:
-    """Accuracy against energy per inference: SNN runs under each model, the teacher ANN under MACs."""
-    markers = {"loihi": "o", "cmos45": "s"}
-    fig = Figure(figsize=(7.0, 4.6))
+    """Accuracy against energy per inference: one colour per run (star: the teacher ANN), one marker per
+    cost model."""
+    markers = ["o", "s", "^", "D", "v"]
+    models = list(report["energy_models"])
+    fig = Figure(figsize=(8.0, 4.8), layout="constrained")
     ax = fig.subplots()
-    for run in report["runs"]:
+    palette = [f"C{i}" for i in range(10)]
+    for i, run in enumerate(report["runs"]):
         if run.get("accuracy") is None:
             continue
-        for model, energy in run["energy"].items():
-            ax.scatter(energy["energy"] * 1e9, 100 * run["accuracy"], marker=markers.get(model, "^"), s=50)
-            ax.annotate(
-                f"{run['label']} [{model}]",
-                (energy["energy"] * 1e9, 100 * run["accuracy"]),
-                fontsize=7,
-                xytext=(4, 4),
-                textcoords="offset points",
+        for j, model in enumerate(models):
+            ax.scatter(
+                run["energy"][model]["energy"] * 1e9,
+                100 * run["accuracy"],
+                color=palette[i % 10],
+                marker=markers[j % len(markers)],
+                s=55,
+                alpha=0.85,
+                label=run["label"] if j == 0 else None,
             )
     teacher = report.get("teacher")
     if teacher and teacher.get("accuracy") is not None:
         for model, energy in teacher["energy"].items():
-            ax.scatter(energy * 1e9, 100 * teacher["accuracy"], marker="*", s=120, color="black")
-            ax.annotate(
-                f"{teacher['label']} [{model}]",
-                (energy * 1e9, 100 * teacher["accuracy"]),
-                fontsize=7,
-                xytext=(4, 4),
-                textcoords="offset points",
+            ax.scatter(
+                energy * 1e9,
+                100 * teacher["accuracy"],
+                marker="*",
+                s=160,
+                color="black",
+                label=f"{teacher['label']} [{model}]",
             )
+    for j, model in enumerate(models):  # marker legend entries
+        ax.scatter([], [], marker=markers[j % len(markers)], color="grey", label=f"cost model {model}")
     ax.set_xscale("log")
     ax.set_xlabel("energy per inference (nJ, log scale)")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title("Accuracy vs energy per inference", fontsize=11)
     ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return _png(fig)
