@@ -93,7 +93,8 @@ def bench_network(name: str, args: argparse.Namespace) -> dict[str, Any]:
     if args.load_case:  # a network quantised elsewhere (e.g. for a GPU machine without norse/nir)
         with open(Path(args.load_case) / f"{name}.pkl", "rb") as handle:
             case = pickle.load(handle)
-        lg, images, source = case["lg"], case["images"], case["source"]
+        lg, images = case["lg"], case["images"]
+        source = f"{case['source']}, first {len(images)} kept in the case and repeated"
     else:
         graph, calib, images, source = _network(name, args.data_root)
         lg, _ = quantise(graph, calib)

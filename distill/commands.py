@@ -153,10 +153,14 @@ def teach(
 ) -> dict[str, Any]:
     """Train an ANN teacher; writes ``out/teacher.pt`` and ``out/metrics.json``, returns the metrics."""
     d = _defaults(dataset)
-    out = _out_dir(out)
     arch = arch or d["arch"]
     settings = _settings(
-        epochs or d["teach_epochs"], batch_size or d["batch_size"], lr, seed, device, deterministic
+        d["teach_epochs"] if epochs is None else epochs,
+        d["batch_size"] if batch_size is None else batch_size,
+        lr,
+        seed,
+        device,
+        deterministic,
     )
     train_set, info = load_dataset(dataset, "train", data_root, download=download)
     test_set, _ = load_dataset(dataset, "test", data_root, augment=False)
@@ -173,6 +177,7 @@ def teach(
         )
     if init_state:
         _load_init_state(model, init_state)
+    out = _out_dir(out)  # only once every input is known to be good: a refused run leaves no folder
     forward = torch.compile(model) if compile else model
 
     def loss_fn(images: torch.Tensor, labels: torch.Tensor, _progress: float):
@@ -328,11 +333,15 @@ def distill(
             f"but the teacher {teacher_file} was trained on {meta['num_classes']} classes of shape "
             f"{tuple(meta['input_shape'])}; distill on the teacher's data set."
         )
-    out = _out_dir(out)
     student_arch = student or d["student"]
     timesteps = d["timesteps"] if timesteps is None else timesteps
     settings = _settings(
-        epochs or d["distill_epochs"], batch_size or d["batch_size"], lr, seed, device, deterministic
+        d["distill_epochs"] if epochs is None else epochs,
+        d["batch_size"] if batch_size is None else batch_size,
+        lr,
+        seed,
+        device,
+        deterministic,
     )
     torch.manual_seed(seed)  # initial weights
     net = build_distill_student(
@@ -340,7 +349,7 @@ def distill(
         info.input_shape,
         info.num_classes,
         widths or d["widths"],
-        blocks or d["blocks"],
+        d["blocks"] if blocks is None else blocks,
         timesteps,
         encoding,
         neuron,
@@ -356,6 +365,7 @@ def distill(
             )
         if aggregate == "membrane":
             set_membrane_recording(net, [s for s, _ in probe.pairs], True)
+    out = _out_dir(out)  # only once every input is known to be good: a refused run leaves no folder
     teacher_model.to(settings.device).eval()
     run = torch.compile(net.run) if compile else net.run
 
@@ -403,7 +413,8 @@ def distill(
         timesteps=timesteps,
         encoding=encoding,
         dt=net.config["neuron"]["dt"],
-        loss=loss_record,
+        loss=loss,
+        loss_config=loss_record,
         teacher=str(teacher_file),
         teacher_accuracy=meta.get("test_accuracy"),
         test_accuracy=metrics["test_accuracy"],
@@ -484,7 +495,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--aggregate",
         default="membrane",
         choices=AGGREGATES,
-        help="student activation for attention maps: firing rate or mean membrane potential",
+        help="student activation in attention maps: spike rate or mean membrane potential (default membrane)",
     )
     p.add_argument("--pairs", help="layer pairing student:teacher,... (default: by spatial resolution)")
     p.add_argument("--alpha", type=float, default=1.0, help="weight of the KD term (default 1)")

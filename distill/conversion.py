@@ -30,11 +30,15 @@ from __future__ import annotations
 import copy
 import math
 import operator
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 import torch.fx as fx
+from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp
+from torch.nn import functional as F
+
 from lasnn.distill.spiking_layers import (
     NeuronConfig,
     ResidualBlock,
@@ -44,10 +48,6 @@ from lasnn.distill.spiking_layers import (
     SpikingNeurons,
 )
 from lasnn.distill.students import SpikingStudent
-from torch import nn
-from torch.fx.passes.shape_prop import ShapeProp
-from torch.nn import functional as F
-
 from lasnn.errors import LasnnError
 
 RESETS = ("zero", "subtract")
@@ -509,8 +509,10 @@ def _analog(items: list, x: torch.Tensor, percentile_p: float | None, pooling: s
 # Building the spiking network, and rebuilding it from its config
 
 
-def _neuron_config(reset: str, v_th: float) -> NeuronConfig:
-    return NeuronConfig(kind="if", v_th=float(v_th), v_reset=0.0, reset=reset)
+def _neuron_config(reset: str, v_th: float, shift: bool = False) -> NeuronConfig:
+    """IF neurons; ``shift`` starts the membrane at ``v_th / 2`` (``v_reset`` is the initial potential,
+    and reset by subtraction never returns to it), which turns the rate's floor into rounding."""
+    return NeuronConfig(kind="if", v_th=float(v_th), v_reset=float(v_th) / 2 if shift else 0.0, reset=reset)
 
 
 def _scaled(layer: nn.Conv2d | nn.Linear, scale: float) -> SeqSynapse:
@@ -520,7 +522,9 @@ def _scaled(layer: nn.Conv2d | nn.Linear, scale: float) -> SeqSynapse:
     return SeqSynapse(new)
 
 
-def _build(items: list, scale: float, reset: str, pooling: str) -> tuple[list[nn.Module], float]:
+def _build(
+    items: list, scale: float, neurons: Callable[[float | None], SpikingNeurons], pooling: str
+) -> tuple[list[nn.Module], float]:
     """Spiking modules for ``items``; ``scale`` is the ANN value one unit of the incoming signal stands for
     (1 for analog input and currents, ``lambda`` for spikes, ``lambda/k^2`` after sum pooling)."""
     modules: list[nn.Module] = []
@@ -535,10 +539,10 @@ def _build(items: list, scale: float, reset: str, pooling: str) -> tuple[list[nn
         elif isinstance(item, _Flatten):
             modules.append(SeqFlatten())
         elif isinstance(item, _Relu):
-            modules.append(_neurons(item.threshold, reset))
+            modules.append(neurons(item.threshold))
             scale = item.threshold
         elif isinstance(item, _Res):
-            branch, _ = _build(item.branch, scale, reset, pooling)
+            branch, _ = _build(item.branch, scale, neurons, pooling)
             if item.shortcut:
                 shortcut: SeqSynapse | None = _scaled(item.shortcut[0].layer, scale)
             elif scale == 1.0:
@@ -546,17 +550,18 @@ def _build(items: list, scale: float, reset: str, pooling: str) -> tuple[list[nn
             else:  # identity on spikes: a synapse of weight lambda so that the sum is in ANN units
                 last = item.branch[-1].layer
                 shortcut = SeqSynapse(_identity_like(last, scale))
-            modules.append(
-                ResidualBlock(nn.Sequential(*branch), shortcut, _neurons(item.relu.threshold, reset))
-            )
+            modules.append(ResidualBlock(nn.Sequential(*branch), shortcut, neurons(item.relu.threshold)))
             scale = item.relu.threshold
     return modules, scale
 
 
-def _neurons(threshold: float | None, reset: str) -> SpikingNeurons:
-    if threshold is None:
-        raise ValueError("uncalibrated layer")
-    return SpikingNeurons(_neuron_config(reset, threshold))
+def _neuron_factory(reset: str, shift: bool) -> Callable[[float | None], SpikingNeurons]:
+    def make(threshold: float | None) -> SpikingNeurons:
+        if threshold is None:
+            raise ValueError("uncalibrated layer")
+        return SpikingNeurons(_neuron_config(reset, threshold, shift))
+
+    return make
 
 
 def _identity_like(last: nn.Conv2d | nn.Linear, scale: float) -> nn.Conv2d | nn.Linear:
@@ -676,12 +681,20 @@ def convert(
     percentile: float = 99.9,
     reset: str = "zero",
     pooling: str = "avg",
+    shift: bool = False,
 ) -> SpikingStudent:
     """Convert a ReLU teacher into an integrate-and-fire ``SpikingStudent`` (direct encoding); see the
     module docstring. ``calibration_images`` ``[N, C, H, W]`` (normalised like training data) set the
-    thresholds; ``reset`` "zero" is what Loihi runs, "subtract" is more accurate but norse-only."""
+    thresholds; ``reset`` "zero" is what Loihi runs, "subtract" is more accurate but norse-only.
+    ``shift`` (reset by subtraction only, norse only) starts every membrane at half its threshold: the
+    "shift" of QCFS conversion (Bu et al., ICLR 2022), which halves the expected error at low T."""
     if reset not in RESETS:
         raise LasnnError(f"reset={reset!r} is not supported; expected one of {', '.join(RESETS)}.")
+    if shift and reset != "subtract":
+        raise LasnnError(
+            "shift=True (membranes starting at half threshold) needs reset='subtract'; a reset to "
+            "zero would discard the shift at the first spike."
+        )
     if pooling not in POOLINGS:
         raise LasnnError(f"pooling={pooling!r} is not supported; expected one of {', '.join(POOLINGS)}.")
     if not isinstance(timesteps, int) or timesteps < 1:
@@ -706,7 +719,7 @@ def convert(
             )
         with torch.no_grad():
             _analog(items[:-1], images, float(percentile), pooling)
-        body, scale = _build(items[:-1], 1.0, reset, pooling)
+        body, scale = _build(items[:-1], 1.0, _neuron_factory(reset, shift), pooling)
         head = _scaled(items[-1].layer, scale)
     finally:
         teacher.train(was_training)
@@ -722,6 +735,7 @@ def convert(
         stage_ends=_stage_ends(features, in_shape),
         percentile=float(percentile),
         reset=reset,
+        shift=bool(shift),
         pooling=pooling,
         calibration_samples=int(images.shape[0]),
         thresholds=[_relu_threshold(i) for i in _relus(items[:-1])],

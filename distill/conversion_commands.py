@@ -18,6 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from lasnn.artifacts import check_writable, write_json
+from lasnn.data import load_dataset
 from lasnn.distill.checkpoints import load_teacher, save_student, teacher_path_of
 from lasnn.distill.conversion import (
     POOLINGS,
@@ -27,11 +32,6 @@ from lasnn.distill.conversion import (
     evaluate_curve,
 )
 from lasnn.distill.training import resolve_device
-from torch.utils.data import Dataset
-from tqdm import tqdm
-
-from lasnn.artifacts import write_json
-from lasnn.data import load_dataset
 from lasnn.errors import LasnnError
 
 DEFAULT_TIMESTEPS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -98,6 +98,7 @@ def convert_teacher(
     seed: int = 0,
     progress: bool = True,
     device: str = "cpu",
+    shift: bool = False,
 ) -> dict[str, Any]:
     """Convert a teacher checkpoint, evaluate the accuracy curve, write ``out/metrics.json`` and
     ``out/student.pt``; returns the metrics dict."""
@@ -114,6 +115,7 @@ def convert_teacher(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise LasnnError(f"--out {out} exists and is not a directory; choose a directory path.")
+    check_writable(out, directory=True)  # before the (long) conversion, not after it
     started = time.perf_counter()
     train_set, info = load_dataset(dataset, "train", data_root, augment=False)
     test_set, _ = load_dataset(dataset, "test", data_root, augment=False)
@@ -124,7 +126,7 @@ def convert_teacher(
             f"{tuple(meta['input_shape'])}; pass the teacher's --data-root."
         )
     calibration, _ = _stack(train_set, subset_indices(len(train_set), calibration_samples, seed))
-    student = convert(teacher, calibration, max(steps), percentile, reset, pooling)
+    student = convert(teacher, calibration, max(steps), percentile, reset, pooling, shift)
     test_idx = subset_indices(len(test_set), test_samples, seed + 1)
     teacher_acc = _teacher_accuracy(teacher, test_set, test_idx)
     batch = eval_batch_size(student, max(steps))
@@ -157,6 +159,7 @@ def convert_teacher(
         teacher_accuracy=teacher_acc,
         percentile=float(percentile),
         reset=reset,
+        shift=bool(shift),
         pooling=pooling,
     )
     out.mkdir(parents=True, exist_ok=True)
@@ -172,6 +175,7 @@ def convert_teacher(
         "calibration_samples": calibration.shape[0],
         "percentile": float(percentile),
         "reset": reset,
+        "shift": bool(shift),
         "pooling": pooling,
         "encoding": "direct",
         "exportable_to_loihi": reset == "zero",
@@ -228,6 +232,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data-root", help="data folder (default: the teacher's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration and test subsets")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] for the evaluation (default cpu)")
+    p.add_argument(
+        "--shift",
+        action="store_true",
+        help="start membranes at half threshold (QCFS's shift; needs --reset subtract, norse only)",
+    )
     p.set_defaults(func=_convert_cli)
 
 
@@ -244,6 +253,7 @@ def _convert_cli(args: argparse.Namespace) -> int:
         args.data_root,
         args.seed,
         device=resolve_device(args.device),
+        shift=args.shift,
     )
     curve = ", ".join(f"T={p['timesteps']}: {p['test_accuracy']:.4f}" for p in metrics["curve"])
     print(

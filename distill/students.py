@@ -122,8 +122,8 @@ def resnet_student(
     pool: str = "avg",
 ) -> SpikingStudent:
     """ResNet-like student: a stem conv, then per stage ``blocks_per_stage`` residual blocks (the first
-    of a stage downsamples by stride 2 with a 1x1 conv+BN shortcut), then global pooling to 1x1... kept as
-    a final 2x2 pooling so the readout sees spatial layout."""
+    of a stage downsamples by stride 2 with a 1x1 conv+BN shortcut), then a 2x2 pooling (not global
+    pooling, so that the linear readout still sees the spatial layout)."""
     neuron = neuron or NeuronConfig()
     c, h, w = in_shape
     layers: list[nn.Module] = _conv_block(c, widths[0], neuron)

@@ -268,7 +268,9 @@ def load_nir_file(path: str | os.PathLike, type_check: bool = True) -> nir.NIRGr
             if "node" not in handle:
                 raise LasnnError(f"{path} is an HDF5 file without a 'node' group, so not a NIR graph.")
             _prescan_types(handle["node"], str(path))
-    except OSError as error:
+    except LasnnError:
+        raise
+    except Exception as error:  # h5py raises OSError, RuntimeError, KeyError, ... for damaged files
         raise LasnnError(
             f"{path} cannot be read as HDF5 (truncated or damaged: {_first_line(error)}); re-export it."
         ) from error

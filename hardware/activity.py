@@ -326,7 +326,7 @@ def layer_activity(graph: Graph, spikes: dict[str, np.ndarray], stream: np.ndarr
             else:
                 data = spike_trains(name)
             data = data[: max(steps - drop, 0)]
-            events[key] = np.asarray(data, dtype=np.float64).sum(axis=(0, 1))
+            events[key] = np.asarray(data).sum(axis=(0, 1), dtype=np.float64)  # no float64 copy of the data
         return events[key]
 
     result = []

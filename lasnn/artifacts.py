@@ -53,6 +53,27 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[io.IOBas
         raise
 
 
+def check_writable(path: str | os.PathLike, directory: bool = False) -> None:
+    """Refuse, before any long work, an output path that cannot be created: a file path that is a folder
+    (or a folder path that is a file), an ancestor that is a regular file, or a nearest existing ancestor
+    that is not writable. Creates nothing, so a refused run leaves no trace."""
+    path = Path(path)
+    want = "folder" if directory else "file"
+    if path.exists() and path.is_dir() != directory:
+        raise LasnnError(f"Cannot write {path}: it exists and is not a {want}; choose another output path.")
+    ancestor = path.absolute().parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise LasnnError(
+            f"Cannot write {path}: {ancestor} is a file, not a folder; choose a writable output path."
+        )
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise LasnnError(
+            f"Cannot write {path}: the folder {ancestor} is not writable; choose another output path."
+        )
+
+
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_write(path, "wb") as handle:
         handle.write(data)

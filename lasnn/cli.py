@@ -10,9 +10,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
+from typing import NoReturn
 
 from lasnn import __version__
 from lasnn.errors import LasnnError
+
+# norse 1.1.0 calls torch.jit.script at import, which torch >= 2.10 deprecates: a warning users can do
+# nothing about, and it would break the one-line error rule on every command.
+warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
 
 # (module, verbs it registers) in pipeline order; a module that is missing or fails to import is an error.
 STAGE_COMMANDS = (
@@ -24,8 +30,15 @@ STAGE_COMMANDS = (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line too (the rule for every user error), not a usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}; see '{self.prog} --help'.\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="lasnn",
         description="Layer-wise ANN-to-SNN distillation: teach an ANN, distill a spiking student, export it "
         "to NIR, simulate it on Loihi (Lava), and report energy and latency.",

@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lasnn.artifacts import write_json
+from lasnn.artifacts import check_writable, write_json
+from lasnn.errors import LasnnError
 
 DATASET = "digits"
 # Settings of a full and a --quick demo; None: the per-data-set defaults of lasnn.distill.
@@ -56,12 +57,18 @@ def run_demo(
     """Run every stage on digits; returns ``{"summary": [...], "report": path, "runs": {...}}``."""
     from lasnn.distill.commands import distill, teach
     from lasnn.distill.conversion_commands import convert_teacher
+    from lasnn.distill.training import resolve_device
     from lasnn.export.commands import export_student
     from lasnn.reports.report import make_report
     from lasnn.sims.run_simulation import simulate
 
+    # refuse bad options before minutes of training, and before creating anything
+    resolve_device(device)
+    if lava_samples is not None and lava_samples < 1:
+        raise LasnnError(f"--lava-samples is {lava_samples}; expected a positive number of samples.")
     s = SETTINGS["quick" if quick else "full"]
     out = Path(out)
+    check_writable(out, directory=True)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     seconds: dict[str, float] = {}

@@ -5,14 +5,15 @@ Lava's own processes, one to one:
 
 - every population is a ``LIFReset`` (``du``, ``dv``, ``vth``, per-neuron ``bias_mant``/``bias_exp``), reset
   right before its first step of every sample (``reset_interval`` = steps per sample, ``reset_offset`` from
-  the layer's pipeline depth), so a whole batch runs as ONE long Lava run: Lava costs ~0.7 ms per step but
-  ~100 ms per read-back, so samples are never run (or read) one at a time;
+  the layer's pipeline depth), so a whole batch runs as ONE long Lava run: starting a run costs seconds
+  (compilation, one OS process per Lava process) and every read-back more, so samples are never run (or
+  read) one at a time;
 - ``conv`` synapses are ``Conv`` processes; Lava's images are (W, H, C) and its convolution flips the
   kernel (``lava/proc/conv/utils.py`` passes ``weight[:, ::-1, ::-1]`` to a correlation), so populations
   keep the graph's (C, H, W) layout and connect to ``Conv`` through transposed ports, with the kernel in
   ``(C_out, kw, kh, C_in)`` order and flipped;
 - ``dense`` synapses are ``Dense`` (no delay), ``DelayDense`` (delay > 0; a residual shortcut that skips a
-  stage) or, for large sparse connectivity without delay, ``Sparse``; a synapse whose buffer would carry
+  stage) or, for large sparse connectivity, ``Sparse`` / ``DelaySparse``; a synapse whose buffer would carry
   spikes of the previous sample into a layer's first steps (a recurrent connection, or a path through a
   graph ``Delay``) is a ``MaskedDelayDense`` (``lasnn.sims.lava_processes``), Lava's ``DelayDense`` model
   that delivers zeros there;

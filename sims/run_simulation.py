@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from lasnn.artifacts import atomic_write, write_json
+from lasnn.artifacts import atomic_write, check_writable, write_json
 from lasnn.encoding import ENCODINGS, encode
 from lasnn.errors import LasnnError
 from lasnn.export.graph import Graph, Input, Neuron, Output
@@ -234,6 +234,9 @@ def simulate(
         raise LasnnError("Pass either --dataset or --inputs, not both.")
     if save_spikes is not None and Path(save_spikes).suffix != ".npz":
         raise LasnnError(f"--save-spikes {save_spikes} must name an .npz file.")
+    for target in (out, save_spikes):  # refuse an unwritable output before the (long) simulation
+        if target is not None:
+            check_writable(target)
     graph_path = str(graph_path)
     graph = read_nir(graph_path)
     meta = graph.metadata
@@ -365,7 +368,12 @@ def simulate(
             np.savez_compressed(handle, **arrays)
         record["spikes_file"] = str(save_spikes)
     if out is not None:
-        write_json(out, record)
+        try:
+            write_json(out, record)
+        except LasnnError:  # e.g. a full disk: leave no spike file without its run record
+            if save_spikes is not None:
+                Path(save_spikes).unlink(missing_ok=True)
+            raise
     return record
 
 

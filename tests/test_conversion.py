@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 import torch
+from torch import nn
+
 from lasnn.distill import conversion
 from lasnn.distill.conversion import build_converted, convert, evaluate_curve, normalised_rates, percentile
 from lasnn.distill.spiking_layers import ResidualBlock, SeqFlatten, SeqPool, SeqSynapse, SpikingNeurons
-from torch import nn
-
 from lasnn.errors import LasnnError
 
 
@@ -313,11 +313,10 @@ def test_one_pass_curve_equals_separate_runs() -> None:
 
 
 def test_convert_teacher_writes_curve_and_converted_checkpoint(tmp_path) -> None:
+    from lasnn.data import dataset_info, load_dataset
     from lasnn.distill.checkpoints import load_student, save_teacher
     from lasnn.distill.conversion_commands import _stack, convert_teacher, parse_timesteps, subset_indices
     from lasnn.distill.teachers import build_teacher
-
-    from lasnn.data import dataset_info, load_dataset
 
     info = dataset_info("digits")
     config = dict(arch="small_cnn", in_shape=list(info.input_shape), num_classes=info.num_classes, width=0.25)
@@ -358,3 +357,26 @@ def test_convert_teacher_writes_curve_and_converted_checkpoint(tmp_path) -> None
     )
     with pytest.raises(LasnnError, match="--timesteps"):
         parse_timesteps("1,0,4")
+
+
+@pytest.mark.parametrize("shift", [False, True])
+def test_first_layer_spike_counts_hand_computed(shift: bool) -> None:
+    # Constant current z into IF neurons (threshold lambda, strict v > lambda, reset by subtraction) fires
+    # ceil(T z / lambda) - 1 times from v0 = 0 and ceil(T z / lambda + 1/2) - 1 times from v0 = lambda / 2.
+    teacher = nn.Sequential(nn.Conv2d(1, 1, 1), nn.ReLU(), nn.Flatten(), nn.Linear(4, 2))
+    with torch.no_grad():
+        teacher[0].weight.fill_(1.0), teacher[0].bias.zero_()
+    x = torch.tensor([0.13, 0.37, 0.0, 1.0]).view(1, 1, 2, 2)
+    student = convert(teacher, x, timesteps=10, percentile=100.0, reset="subtract", shift=shift)
+    neurons = student.neuron_layers()[0][1]
+    assert float(neurons.v_th) == 1.0 and neurons.config.v_reset == (0.5 if shift else 0.0)
+    out = {}
+    neurons.register_forward_hook(lambda _m, _i, o: out.__setitem__("spikes", o))
+    with torch.no_grad():
+        student(x)
+    counts = out["spikes"].sum(0).flatten().tolist()
+    expected = [1, 4, 0, 10] if shift else [1, 3, 0, 9]  # 10 z = 1.3, 3.7, 0, 10
+    assert counts == expected
+    if not shift:
+        with pytest.raises(LasnnError, match="shift"):
+            convert(teacher, x, timesteps=10, reset="zero", shift=True)

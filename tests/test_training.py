@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,16 +24,27 @@ from lasnn.distill.training import TrainSettings, evaluate, fit
 from lasnn.errors import LasnnError
 
 
-@pytest.fixture(scope="module")
-def tiny_data():
+def _tiny_data():
     train, _ = load_dataset("digits", "train")  # augmented: exercises the RNG handling
     test, _ = load_dataset("digits", "test")
     return Subset(train, range(96)), Subset(test, range(64))
 
 
-def _run(tmp_path, data, interrupt_at: int | None = None, nan_at: int | None = None, resume: bool = False):
-    """Train a tiny Poisson-coded student for 2 epochs of 6 steps; optionally press Ctrl-C (SIGINT) or
-    produce a NaN loss at a given (1-based) step count."""
+@pytest.fixture(scope="module")
+def tiny_data():
+    return _tiny_data()
+
+
+def _run(
+    tmp_path,
+    data,
+    interrupt_at: int | None = None,
+    nan_at: int | None = None,
+    resume: bool = False,
+    hang_at: int | None = None,
+):
+    """Train a tiny Poisson-coded student for 2 epochs of 6 steps; optionally press Ctrl-C (SIGINT),
+    produce a NaN loss, or write ``tmp_path/hanging`` and hang, at a given (1-based) step count."""
     torch.manual_seed(1)
     net = vgg_student((1, 8, 8), 10, widths=((4,), (8,)), timesteps=2, encoding="poisson")
     calls = {"n": 0}
@@ -42,6 +57,9 @@ def _run(tmp_path, data, interrupt_at: int | None = None, nan_at: int | None = N
             os.kill(os.getpid(), signal.SIGINT)
         if calls["n"] == nan_at:
             loss = loss * float("nan")
+        if calls["n"] == hang_at:
+            (Path(tmp_path) / "hanging").write_text("")
+            time.sleep(600)  # the test kills the process here
         return loss, logits, {"ce": float(loss.detach())}
 
     settings = TrainSettings(epochs=2, batch_size=16, lr=0.05, seed=3, device="cpu")
@@ -63,6 +81,31 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, tiny_data, i
     assert [{k: h[k] for k in keep} for h in metrics["history"]] == [
         {k: h[k] for k in keep} for h in ref_metrics["history"]
     ]
+
+
+def test_killed_training_process_resumes_to_the_uninterrupted_result(tmp_path, tiny_data):
+    """SIGKILL a real training subprocess mid-epoch 2; --resume continues from the end-of-epoch-1
+    checkpoint and ends with exactly the uninterrupted run's weights."""
+    out = tmp_path / "killed"
+    code = (
+        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); from pathlib import Path; "
+        f"import test_training as t; t._run(Path({str(out)!r}), t._tiny_data(), hang_at=9)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 600
+        while not (out / "hanging").exists():
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "the training subprocess never reached epoch 2, step 3"
+            time.sleep(0.2)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert load_checkpoint(out / "checkpoint.pt", ("training_state",))["epoch"] == 1
+    resumed, _ = _run(out, tiny_data, resume=True)
+    reference, _ = _run(tmp_path / "ref", tiny_data)
+    ref_state, state = reference.state_dict(), resumed.state_dict()
+    assert all(torch.equal(ref_state[k], state[k]) for k in ref_state)
 
 
 def test_nan_loss_stops_naming_epoch_and_step_and_keeps_checkpoint(tmp_path, tiny_data):

@@ -15,13 +15,14 @@ constant cited), estimates the latency on Loihi, counts the teacher's MACs, and 
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import json
 import os
 from pathlib import Path
 from typing import Any
 
-from lasnn.artifacts import write_bytes, write_json
+from lasnn.artifacts import check_writable, write_bytes, write_json
 from lasnn.errors import LasnnError
 from lasnn.hardware.energy import ann_energy, count_macs, latency, load_model, snn_energy
 from lasnn.reports import plots
@@ -161,21 +162,33 @@ def make_report(
     teacher_info = teacher_summary(teacher, load_model(ann_model)) if teacher else None
     report = build_report(runs, teacher_info, models)
     out = Path(out)
+    check_writable(out, directory=True)
     images: dict[str, bytes] = {}
     for i, run in enumerate(runs):
         images[f"layers_{i}.png"] = plots.layer_activity_plot(run)
     images["energy.png"] = plots.energy_plot(report)
     if len(runs) + (teacher_info is not None) >= 2:
         images["accuracy_energy.png"] = plots.accuracy_energy_plot(report)
-    files: dict[str, str] = {}
-    for name, data in images.items():
-        write_bytes(out / name, data)
-        files[name] = str(out / name)
     report["plots"] = sorted(images)
-    write_json(out / "report.json", report)
-    write_bytes(out / "report.md", render_markdown(report).encode())
-    write_bytes(out / "report.html", render_html(report, images).encode())
-    files.update({k: str(out / k) for k in ("report.json", "report.md", "report.html")})
+    files: dict[str, str] = {}
+    created = not out.exists()
+    try:  # a report folder is all or nothing: a failed write (e.g. a full disk) removes what this call wrote
+        for name, data in images.items():
+            write_bytes(out / name, data)
+            files[name] = str(out / name)
+        write_json(out / "report.json", report)
+        files["report.json"] = str(out / "report.json")
+        write_bytes(out / "report.md", render_markdown(report).encode())
+        files["report.md"] = str(out / "report.md")
+        write_bytes(out / "report.html", render_html(report, images).encode())
+        files["report.html"] = str(out / "report.html")
+    except LasnnError:
+        for written in files.values():
+            Path(written).unlink(missing_ok=True)
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
     return {"report": report, "files": files}
 
 
