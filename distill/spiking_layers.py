@@ -79,9 +79,10 @@ class SpikingNeurons(nn.Module):
 
     def forward(self, currents: torch.Tensor) -> torch.Tensor:
         c = self.config
-        # membrane state in float32 even under bf16/fp16 autocast: a bf16 potential near v_th = 1 would
-        # resolve only steps of 1/128 (spikes, 0 or 1, are exact in any dtype)
-        currents = currents.float()
+        # membrane state in float32 under bf16/fp16 autocast: a bf16 potential near v_th = 1 would resolve
+        # only steps of 1/128 (spikes, 0 or 1, are exact in any dtype); float64 stays float64
+        if currents.dtype in (torch.float16, torch.bfloat16):
+            currents = currents.float()
         steps = currents.shape[0]
         spikes, membranes = [], []
         if c.kind == "lifbox":

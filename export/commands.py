@@ -92,7 +92,11 @@ def export_student(ckpt_path: str | os.PathLike, out_path: str | os.PathLike, ve
     write_nir(graph, out_path)
     written = read_nir(out_path)
     if verify:
-        written.metadata["verified_spikes"] = verify_against_student(student, written)
+        try:
+            written.metadata["verified_spikes"] = verify_against_student(student, written)
+        except LasnnError:  # never leave a graph that failed its check under the name asked for
+            Path(out_path).unlink(missing_ok=True)
+            raise
     return written
 
 

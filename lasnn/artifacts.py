@@ -40,6 +40,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[io.IOBas
     except OSError as error:
         raise LasnnError(f"Cannot write {path}: {error.strerror or error}; choose a writable output path.") from error
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; an artifact gets the usual permissions
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
@@ -51,6 +52,12 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[io.IOBas
         if isinstance(error, OSError):
             raise LasnnError(f"Cannot write {path}: {error.strerror or error}; check free space and permissions.") from error
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def check_writable(path: str | os.PathLike, directory: bool = False) -> None:

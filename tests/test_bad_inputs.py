@@ -893,6 +893,24 @@ def test_full_disk_leaves_no_partial_output(
     assert not _temp_leftovers(tmp_path, art.dir)
 
 
+def test_export_whose_check_fails_leaves_no_graph(
+    art: SimpleNamespace, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The written graph is re-run against the student; a graph that fails that check is removed again,
+    so no unverified file is left under the name asked for."""
+    import lasnn.export.commands as export_commands
+    from lasnn.errors import LasnnError
+
+    def failing_check(*_args, **_kwargs):
+        raise LasnnError("the exported graph does not reproduce the spikes of layer 'x' (simulated).")
+
+    monkeypatch.setattr(export_commands, "verify_against_student", failing_check)
+    code, _, err = _run(["export", str(art.dir / "student.pt"), "-o", str(tmp_path / "m.nir")], capsys)
+    _check_one_line_error(code, err, "export", "does not reproduce")
+    assert not (tmp_path / "m.nir").exists()
+    assert not _temp_leftovers(tmp_path)
+
+
 # ---------------------------------------------------------------------------------- the installed command
 
 
@@ -937,6 +955,11 @@ def test_valid_prerequisites_are_accepted(art: SimpleNamespace, tmp_path: Path, 
     for its one defect."""
     code, _, err = _run(["export", str(art.dir / "model.nir"), "-o", str(tmp_path / "ok.nir")], capsys)
     assert code == 0, err
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "ok.nir").stat().st_mode & 0o777 == 0o666 & ~umask, (
+        "artifacts get the usual permissions"
+    )
     code, _, err = _run(
         [
             "simulate",
