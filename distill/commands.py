@@ -153,6 +153,8 @@ def teach(
 ) -> dict[str, Any]:
     """Train an ANN teacher; writes ``out/teacher.pt`` and ``out/metrics.json``, returns the metrics."""
     d = _defaults(dataset)
+    if not (width > 0 and math.isfinite(width)):
+        raise LasnnError(f"--width is {width!r}; expected a positive channel width multiplier like 1 or 0.5.")
     arch = arch or d["arch"]
     settings = _settings(
         d["teach_epochs"] if epochs is None else epochs,
@@ -321,6 +323,10 @@ def distill(
     d = _defaults(dataset)
     if loss not in LOSSES:
         raise LasnnError(f"--loss {loss!r} is unknown; expected one of {', '.join(LOSSES)}.")
+    for flag, value, low in (("--alpha", alpha, 0.0), ("--beta", beta, 0.0), ("--tau", tau, None)):
+        if not math.isfinite(value) or (value < low if low is not None else value <= 0):
+            expected = "a non-negative weight" if low is not None else "a positive temperature"
+            raise LasnnError(f"{flag} is {value!r}; expected {expected}.")
     if schedule not in SCHEDULES:
         raise LasnnError(f"--schedule {schedule!r} is unknown; expected one of {', '.join(SCHEDULES)}.")
     if aggregate not in AGGREGATES:

@@ -281,6 +281,8 @@ CASES = [
     ("teach-negative-batch", ["teach", "--batch-size", "-8", "--out", "{o}/t"], "--batch-size", ["{o}/t"]),
     ("teach-nan-lr", ["teach", "--lr", "nan", "--out", "{o}/t"], "--lr", ["{o}/t"]),
     ("teach-unknown-device", ["teach", "--device", "tpu", "--out", "{o}/t"], "tpu", ["{o}/t"]),
+    ("teach-nan-width", ["teach", "--width", "nan", "--out", "{o}/t"], "--width", ["{o}/t"]),
+    ("teach-zero-width", ["teach", "--width", "0", "--out", "{o}/t"], "--width", ["{o}/t"]),
     ("teach-out-under-file", ["teach", "--out", "{a}/afile/t"], "afile", []),
     (
         "teach-cifar-empty-root",
@@ -427,6 +429,30 @@ CASES = [
         "distill-unknown-loss",
         ["distill", "--teacher", "{a}/teacher.pt", "--loss", "mse", "--out", "{o}/s"],
         "mse",
+        ["{o}/s"],
+    ),
+    (
+        "distill-zero-temperature",
+        ["distill", "--teacher", "{a}/teacher.pt", "--tau", "0", "--out", "{o}/s"],
+        "--tau",
+        ["{o}/s"],
+    ),
+    (
+        "distill-nan-attention-weight",
+        ["distill", "--teacher", "{a}/teacher.pt", "--beta", "nan", "--out", "{o}/s"],
+        "--beta",
+        ["{o}/s"],
+    ),
+    (
+        "distill-negative-kd-weight",
+        ["distill", "--teacher", "{a}/teacher.pt", "--alpha", "-1", "--out", "{o}/s"],
+        "--alpha",
+        ["{o}/s"],
+    ),
+    (
+        "distill-unknown-pair",
+        ["distill", "--teacher", "{a}/teacher.pt", "--pairs", "zz:yy", "--out", "{o}/s"],
+        "zz",
         ["{o}/s"],
     ),
     (

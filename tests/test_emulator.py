@@ -278,7 +278,7 @@ def test_emulator_matches_lava_reference_feedforward(wrap: bool) -> None:
     rng = np.random.default_rng(3 + wrap)
     lg = feedforward_graph(rng, wrap=wrap)
     stream = (rng.random((5, 7, 12)) < 0.5).astype(np.float64)
-    emu = EmulatorBackend(progress=False, batch_size=3)  # chunks of 3: chunking must not matter
+    emu = EmulatorBackend(progress=False, collect_stats=True, batch_size=3)  # chunks of 3: chunking must not matter
     result = emu.run_loihi(lg, stream)
     raw, spikes = lava_reference(lg, stream)
     for name in ("a", "b", "c"):
@@ -296,7 +296,7 @@ def test_emulator_matches_lava_reference_host_input_and_recurrence() -> None:
     lg = host_recurrent_graph(rng)
     stream = rng.standard_normal((6, 5, 4))
     stream[2, 1, 3] = 40.0  # beyond the host's 16-bit input range (32767 / in_scale 1000): clipped, counted
-    emu = EmulatorBackend(progress=False)
+    emu = EmulatorBackend(progress=False, collect_stats=True)
     result = emu.run_loihi(lg, stream)
     assert emu.stats["input_clipped"] == 1
     # the recurrent buffer must not carry a sample's last spikes into the next: run samples one by one
@@ -408,7 +408,7 @@ def test_emulator_tracks_the_float_backend() -> None:
     from lasnn.sims.float_backend import FloatBackend
 
     graph, stream = _trained_like_graph()
-    emu = EmulatorBackend(progress=False, calibration_stream=stream[:, :50])
+    emu = EmulatorBackend(progress=False, collect_stats=True, calibration_stream=stream[:, :50])
     fixed = emu.run(graph, stream)
     ref = FloatBackend(progress=False).run(graph, stream)
     assert set(fixed.spikes) == set(ref.spikes) == {"n1", "n2"}
