@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -118,7 +119,12 @@ def _timed(step: Callable[[], None], steps: int, warmup: int, device: str) -> tu
 
 
 def measure(
-    case_name: str, device: str = "cpu", batch_size: int = 32, steps: int = 5, warmup: int = 2
+    case_name: str,
+    device: str = "cpu",
+    batch_size: int = 32,
+    steps: int = 5,
+    warmup: int = 2,
+    rounds: int = 3,
 ) -> dict[str, Any]:
     """Time one training step of each model of ``CASES[case_name]``; return images/s, ratios, memory."""
     from lasnn.distill.attention import AttentionProbe
@@ -148,8 +154,10 @@ def measure(
 
         return step
 
+    ann_teacher = copy.deepcopy(teacher)  # trained on its own; the distilling teacher stays in eval mode
+
     def teacher_loss() -> torch.Tensor:
-        return F.cross_entropy(teacher(images).float(), labels)
+        return F.cross_entropy(ann_teacher(images).float(), labels)
 
     def twin_loss() -> torch.Tensor:
         currents, _ = twin.run(twin.encode(images))
@@ -172,7 +180,7 @@ def measure(
         return objective(lasnn_config, logits, labels, teacher_logits, teacher_maps, student_maps, 0.0)[0]
 
     runs = {
-        "ann_teacher": (teacher, teacher_loss),
+        "ann_teacher": (ann_teacher, teacher_loss),
         "ann_twin": (twin, twin_loss),
         "ce_student": (student, ce_loss),
         "lasnn_student": (student, lasnn_loss),
@@ -187,16 +195,24 @@ def measure(
         "batch_size": batch_size,
         "steps": steps,
         "warmup": warmup,
+        "rounds": rounds,
         "amp_bf16": amp,
         "models": {},
     }
-    for name, (model, loss_of) in runs.items():
-        seconds, memory = _timed(optimiser_step(model, loss_of), steps, warmup, device)
-        result["models"][name] = {
-            "seconds_per_step": seconds,
-            "images_per_s": batch_size / seconds,
-            **memory,
-        }
+    # models alternate over ``rounds`` and each keeps its median round: load from other processes on a
+    # shared machine then affects all models alike instead of whichever ran during a busy spell
+    step_fns = {name: optimiser_step(model, loss_of) for name, (model, loss_of) in runs.items()}
+    timings: dict[str, list[float]] = {name: [] for name in runs}
+    for round_index in range(rounds):
+        for name, step in step_fns.items():
+            seconds, memory = _timed(step, steps, warmup if round_index == 0 else 0, device)
+            timings[name].append(seconds)
+            result["models"].setdefault(name, {}).update(memory)
+    for name, rounds_s in timings.items():
+        seconds = float(np.median(rounds_s))
+        result["models"][name].update(
+            seconds_per_step=seconds, images_per_s=batch_size / seconds, rounds_seconds_per_step=rounds_s
+        )
         print(f"  train {case_name} {name}: {batch_size / seconds:.1f} images/s ({device})", flush=True)
     m = result["models"]
     result["ratios"] = {
@@ -215,8 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; the median is kept")
     args = parser.parse_args(argv)
-    result = measure(args.config, args.device, args.batch_size, args.steps, args.warmup)
+    result = measure(args.config, args.device, args.batch_size, args.steps, args.warmup, args.rounds)
     print(json.dumps({"models": result["models"], "ratios": result["ratios"]}, indent=1))
     return 0
 

@@ -21,6 +21,7 @@ from lasnn.artifacts import write_json
 from lasnn.data import DATASETS, first_samples, load_dataset
 from lasnn.distill.attention import AGGREGATES, AttentionProbe, set_membrane_recording
 from lasnn.distill.checkpoints import load_teacher, save_student, save_teacher, teacher_path_of
+from lasnn.distill.distributed import data_parallel, is_main_process
 from lasnn.distill.losses import LOSSES, SCHEDULES, LossConfig, objective
 from lasnn.distill.spiking_layers import NeuronConfig
 from lasnn.distill.students import SpikingStudent, resnet_student, vgg_student
@@ -181,9 +182,10 @@ def teach(
         _load_init_state(model, init_state)
     out = _out_dir(out)  # only once every input is known to be good: a refused run leaves no folder
     forward = torch.compile(model) if compile else model
+    train_forward = data_parallel(model, settings.device, forward, compile=compile)  # DDP under torchrun
 
     def loss_fn(images: torch.Tensor, labels: torch.Tensor, _progress: float):
-        logits = forward(images)
+        logits = train_forward(images)
         loss = F.cross_entropy(logits.float(), labels)
         return loss, logits, {"ce": float(loss.detach())}
 
@@ -203,9 +205,10 @@ def teach(
         test_accuracy=metrics["test_accuracy"],
         epochs=settings.epochs,
     )
-    save_teacher(out / "teacher.pt", model.cpu(), model.config, metadata)
     metrics = {**metrics, "dataset": dataset, "arch": arch, "parameters": _count(model)}
-    write_json(out / "metrics.json", metrics)
+    if is_main_process():  # under torchrun, rank 0 writes
+        save_teacher(out / "teacher.pt", model.cpu(), model.config, metadata)
+        write_json(out / "metrics.json", metrics)
     return metrics
 
 
@@ -374,6 +377,8 @@ def distill(
     out = _out_dir(out)  # only once every input is known to be good: a refused run leaves no folder
     teacher_model.to(settings.device).eval()
     run = torch.compile(net.run) if compile else net.run
+    # DDP under torchrun; a progressive schedule's first phases leave the head and later layers unused
+    run = data_parallel(net, settings.device, run, "run", compile, config.schedule == "progressive")
 
     def loss_fn(images: torch.Tensor, labels: torch.Tensor, progress: float):
         currents, recorded = run(net.encode(images), record=probe is not None)
@@ -425,7 +430,6 @@ def distill(
         teacher_accuracy=meta.get("test_accuracy"),
         test_accuracy=metrics["test_accuracy"],
     )
-    save_student(out / "student.pt", net.cpu(), metadata)
     metrics = {
         **metrics,
         "timesteps": timesteps,
@@ -440,7 +444,9 @@ def distill(
         "teacher_accuracy": meta.get("test_accuracy"),
         "dataset": dataset,
     }
-    write_json(out / "metrics.json", metrics)
+    if is_main_process():  # under torchrun, rank 0 writes
+        save_student(out / "student.pt", net.cpu(), metadata)
+        write_json(out / "metrics.json", metrics)
     return metrics
 
 
@@ -543,7 +549,8 @@ def _teach_cli(args: argparse.Namespace) -> int:
         deterministic=args.deterministic,
         compile=args.compile,
     )
-    print(f"teacher test accuracy {metrics['test_accuracy']:.4f}; wrote {Path(args.out) / 'teacher.pt'}")
+    if is_main_process():
+        print(f"teacher test accuracy {metrics['test_accuracy']:.4f}; wrote {Path(args.out) / 'teacher.pt'}")
     return 0
 
 
@@ -575,8 +582,9 @@ def _distill_cli(args: argparse.Namespace) -> int:
         deterministic=args.deterministic,
         compile=args.compile,
     )
-    print(
-        f"student test accuracy {metrics['test_accuracy']:.4f} at T={metrics['timesteps']} "
-        f"(teacher {metrics['teacher_accuracy']}); wrote {Path(args.out) / 'student.pt'}"
-    )
+    if is_main_process():
+        print(
+            f"student test accuracy {metrics['test_accuracy']:.4f} at T={metrics['timesteps']} "
+            f"(teacher {metrics['teacher_accuracy']}); wrote {Path(args.out) / 'student.pt'}"
+        )
     return 0

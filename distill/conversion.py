@@ -19,6 +19,11 @@
 4. the classifier becomes the student's linear head: logits = mean over T of its currents. The input is
    ``direct`` (the analog image every step).
 
+Option ``shift`` (with reset by subtraction; norse only, since Loihi resets to zero): every membrane
+starts at half its threshold, the "shift" term of QCFS conversion (Bu et al., ICLR 2022) applied without
+retraining; it turns the rate's floor into rounding and helps most at low T. A QCFS-trained teacher
+activation is not built.
+
 Written by hand: norse and NIR have no ANN->SNN converter for arbitrary torch models (snntoolbox targets
 Keras). ``evaluate_curve`` measures accuracy at several T in one run at the largest T: with IF neurons and
 direct input nothing depends on later steps, so the running mean of the head's currents after t steps is

@@ -1,6 +1,7 @@
 """Data-parallel training under ``torchrun`` (torch.distributed): what ``lasnn teach``/``distill`` need so
-that a run launched as ``torchrun --nproc-per-node N -m lasnn.cli distill ...`` behaves like one process
-with the same global batch.
+that a run launched as ``torchrun --nproc-per-node N --no-python lasnn distill ...`` (or ``... -m
+lasnn.cli distill ...``; several nodes: torchrun's ``--nnodes``/``--rdzv-endpoint``) behaves like one
+process with the same global batch (``--batch-size`` is global; each rank takes ``1 / N`` of it).
 
 - The torchrun environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``) is detected and the process group
   initialised on first use (NCCL for CUDA, gloo for CPU); without it every function here is a no-op
@@ -52,7 +53,9 @@ def _env_int(name: str) -> int:
     except ValueError:
         value = -1
     if value < 0:
-        raise LasnnError(f"The environment variable {name}={text!r} is not a non-negative integer; launch with torchrun.")
+        raise LasnnError(
+            f"The environment variable {name}={text!r} is not a non-negative integer; launch with torchrun."
+        )
     return value
 
 

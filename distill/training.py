@@ -5,14 +5,25 @@ and a ``predict_fn(images) -> logits``; everything else is here: SGD with moment
 learning rate, AMP (bfloat16) on GPU, a tqdm bar, evaluation after every epoch, an atomic training-state
 checkpoint (``DIR/checkpoint.pt``) after every epoch and on Ctrl-C, ``resume``, and NaN detection.
 
-Determinism: the shuffling order of epoch ``e`` comes from a generator seeded with ``(seed, e)`` and the
-global RNG (augmentation, Poisson encoding) is reseeded at the start of every epoch, so an epoch's
-randomness does not depend on what ran before it; a Ctrl-C checkpoint additionally stores the RNG state
-and the position in the epoch (exact with the default ``num_workers=0``; with worker processes a
-mid-epoch resume is exact only up to the workers' augmentation draws). With deterministic algorithms
-(``torch.use_deterministic_algorithms``, on by default on CPU) a resumed run therefore ends with exactly
-the weights of an uninterrupted one. A run killed without warning (SIGKILL) resumes from its last
-end-of-epoch checkpoint.
+Determinism: the shuffling order of epoch ``e`` comes from a generator seeded with ``(seed, e)``; each
+sample's augmentation is drawn from a seed of (seed, e, sample index) (``distributed.SeededItems``), so it
+is the same whichever process or worker loads the sample; the global RNG (Poisson encoding) is reseeded
+at the start of every epoch. An epoch's randomness therefore does not depend on what ran before it; a
+Ctrl-C checkpoint additionally stores the RNG state and the position in the epoch. With deterministic
+algorithms (``torch.use_deterministic_algorithms``, on by default on CPU) a resumed run therefore ends
+with exactly the weights of an uninterrupted one. A run killed without warning (SIGKILL) resumes from
+its last end-of-epoch checkpoint.
+
+Under ``torchrun`` (see ``distributed``) the same loop is data parallel: every rank takes its slice of
+the same global batches, the loss, accuracy and NaN check are of the global batch (one all-reduce per
+step, which also carries a Ctrl-C so that all ranks stop at the same step), the test set is split over
+the ranks, and only rank 0 shows bars and writes the checkpoint (the others wait at a barrier). The
+checkpoint holds the unwrapped model, optimizer, scheduler and epoch, and the number of steps per epoch
+depends only on the global batch, so a run resumes under any number of processes. RNG on resume: the
+per-epoch seed of rank r is ``(seed, epoch) + r * 2**40`` (rank 0 = single process); a mid-epoch
+checkpoint stores every rank's RNG state and restores it when the world size is unchanged; with another
+world size the rest of that epoch reseeds from (seed, epoch, step, rank), which changes only the
+stochastic encodings' draws (augmentation is per sample), so a deterministic encoding resumes exactly.
 """
 
 from __future__ import annotations
@@ -24,17 +35,18 @@ import random
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from lasnn.artifacts import load_checkpoint, save_checkpoint
+from lasnn.distill import distributed
 from lasnn.errors import LasnnError
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, float], tuple[torch.Tensor, torch.Tensor, dict[str, float]]]
@@ -76,14 +88,15 @@ class TrainSettings:
 
 
 def resolve_device(name: str | None) -> str:
-    """``auto`` (or None) picks CUDA when present; an unavailable device is a user error."""
+    """``auto`` (or None) picks CUDA when present; an unavailable device is a user error. Under torchrun
+    ``cuda`` is the process's own GPU, ``cuda:LOCAL_RANK``."""
     if name in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return distributed.local_device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise LasnnError(f"--device {name} was requested but torch sees no CUDA GPU; use --device cpu.")
     if not (name == "cpu" or name.startswith("cuda")):
         raise LasnnError(f"--device {name!r} is not supported; expected auto, cpu or cuda[:N].")
-    return name
+    return distributed.local_device(name)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -118,25 +131,32 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 class _StopFlag:
     """Turns the first Ctrl-C into a request to stop after the current step (the second one interrupts
-    at once), so that the checkpoint written on stopping is never of a half-applied step."""
+    at once), so that the checkpoint written on stopping is never of a half-applied step.
+
+    Under torchrun a Ctrl-C reaches each worker twice (from the terminal and forwarded by the agent,
+    which kills the workers 30 s later), and a cluster's preemption arrives as SIGTERM forwarded by
+    the agent: there every SIGINT and SIGTERM only requests the stop."""
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous: Any = None
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> _StopFlag:
+        signals = [signal.SIGINT, signal.SIGTERM] if distributed.launched() else [signal.SIGINT]
         with contextlib.suppress(ValueError):  # not in the main thread: leave Ctrl-C alone
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            for sig in signals:
+                self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, _signum: int, _frame: Any) -> None:
-        if self.requested:
+        if self.requested and not distributed.launched():
             raise KeyboardInterrupt
         self.requested = True
 
     def __exit__(self, *exc: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, previous in self._previous.items():
+            if previous is not None:  # None: installed outside Python, cannot be put back
+                signal.signal(sig, previous)
 
 
 def evaluate(
@@ -148,17 +168,23 @@ def evaluate(
     amp: bool = False,
     desc: str = "test",
 ) -> float:
-    """Top-1 accuracy of ``predict_fn`` on ``dataset`` (fixed RNG, so stochastic encodings repeat)."""
+    """Top-1 accuracy of ``predict_fn`` on ``dataset`` (fixed RNG, so stochastic encodings repeat).
+    Under torchrun every rank evaluates its interleaved share and the counts are summed."""
+    world, rank = distributed.world_size(), distributed.rank()
+    if world > 1:
+        dataset = Subset(dataset, range(rank, len(dataset), world))  # type: ignore[arg-type]
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     correct = total = 0
     with torch.random.fork_rng(devices=[]), torch.inference_mode():
-        torch.manual_seed(seed)
-        for images, labels in tqdm(loader, desc=desc, leave=False, unit="batch", disable=None):
+        torch.manual_seed(seed + rank * 2**40)
+        bar = tqdm(loader, desc=desc, leave=False, unit="batch", disable=None if rank == 0 else True)
+        for images, labels in bar:
             images, labels = images.to(device), labels.to(device)
             with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=amp):
                 logits = predict_fn(images)
             correct += int((logits.argmax(1) == labels).sum())
             total += len(labels)
+    correct, total = distributed.all_sum([correct, total])
     return correct / max(total, 1)
 
 
@@ -173,9 +199,25 @@ def _check_finite(loss: torch.Tensor, epoch: int, step: int, ckpt: Path) -> None
         )
 
 
-def _batches(order: torch.Tensor, batch_size: int) -> list[list[int]]:
+def _check_replicas_agree(model: nn.Module, ckpt: Path) -> None:
+    """Under torchrun, refuse to save when the ranks' weights differ (a loss that called the model
+    directly instead of through ``distributed.data_parallel`` trains unsynchronised replicas)."""
+    if distributed.world_size() == 1:
+        return
+    sums = torch.stack([v.detach().double().sum().cpu() for v in model.state_dict().values()])
+    replicas = distributed.gather_objects(sums)
+    if not all(torch.allclose(r, replicas[0], rtol=1e-6, atol=1e-9) for r in replicas):
+        raise LasnnError(
+            f"The {len(replicas)} processes hold different weights, so {ckpt} is not written; the training "
+            "loss must call the model through lasnn.distill.distributed.data_parallel."
+        )
+
+
+def _batches(order: torch.Tensor, batch_size: int, world: int = 1) -> list[list[int]]:
+    """The global batches of an epoch; a last batch of one sample (or fewer than one per rank) is dropped:
+    a batch of one breaks batch norm."""
     chunks = [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
-    if len(chunks) > 1 and len(chunks[-1]) < 2:  # a batch of one breaks batch norm
+    if len(chunks) > 1 and len(chunks[-1]) < max(2, world):
         chunks.pop()
     return chunks
 
@@ -202,6 +244,15 @@ def fit(
         torch.is_deterministic_algorithms_warn_only_enabled(),
     )
     seed_everything(settings.seed, settings.use_deterministic)
+    distributed.setup(settings.device)
+    device = distributed.local_device(settings.device)
+    if device != settings.device:
+        settings = replace(settings, device=device)
+    if settings.batch_size < distributed.world_size():
+        raise LasnnError(
+            f"--batch-size {settings.batch_size} is smaller than the {distributed.world_size()} processes; "
+            "expected a global batch of at least one sample per process."
+        )
     try:
         return _fit(
             model, loss_fn, predict_fn, train_set, test_set, settings, Path(out_dir), run_config, resume, desc
@@ -224,16 +275,19 @@ def _fit(
 ) -> dict[str, Any]:
     ckpt = out_dir / CHECKPOINT
     device = settings.device
+    world, rank = distributed.world_size(), distributed.rank()
+    main = rank == 0
+    say = tqdm.write if main else (lambda _text: None)
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(
         params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
     )
     n = len(train_set)
-    steps_per_epoch = len(_batches(torch.arange(n), settings.batch_size))
+    steps_per_epoch = len(_batches(torch.arange(n), settings.batch_size, world))
     total_steps = settings.epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
-    start_epoch, start_step, history, partial, rng = 0, 0, [], None, None
+    start_epoch, start_step, history, partial, rng, rng_ranks = 0, 0, [], None, None, None
     run_config = {**run_config, "train": asdict(settings) | {"device": None}}
 
     if resume and ckpt.exists():
@@ -250,9 +304,17 @@ def _fit(
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, start_step = state["epoch"], state.get("step", 0)
         history, partial, rng = state.get("history", []), state.get("partial"), state.get("rng")
-        tqdm.write(f"{desc}: resuming from {ckpt} at epoch {start_epoch + 1}, step {start_step + 1}")
+        if state.get("world_size", 1) == world:
+            rng_ranks = state.get("rng_ranks")
+        elif rng is not None:
+            rng = None
+            say(
+                f"{desc}: the checkpoint was written by {state.get('world_size', 1)} processes, this run has "
+                f"{world}; the rest of epoch {start_epoch + 1} reseeds its random encodings"
+            )
+        say(f"{desc}: resuming from {ckpt} at epoch {start_epoch + 1}, step {start_step + 1}")
     elif resume:
-        tqdm.write(f"{desc}: --resume given but {ckpt} does not exist; starting from scratch")
+        say(f"{desc}: --resume given but {ckpt} does not exist; starting from scratch")
 
     def save_state(epoch: int, step: int, partial_stats: dict | None) -> None:
         for name, value in model.state_dict().items():
@@ -261,37 +323,46 @@ def _fit(
                     f"Weight {name!r} became non-finite in epoch {epoch + 1}; the last good "
                     f"checkpoint {ckpt} is kept; lower --lr and restart."
                 )
-        save_checkpoint(
-            ckpt,
-            "training_state",
-            {"run_config": run_config},
-            state_dict=model.state_dict(),
-            optimizer=optimizer.state_dict(),
-            scheduler=scheduler.state_dict(),
-            epoch=epoch,
-            step=step,
-            history=history,
-            partial=partial_stats,
-            rng=_rng_state() if step else None,
-        )
+        _check_replicas_agree(model, ckpt)
+        states = distributed.gather_objects(_rng_state()) if step else None  # a collective: every rank
+        if main:
+            save_checkpoint(
+                ckpt,
+                "training_state",
+                {"run_config": run_config},
+                state_dict=model.state_dict(),
+                optimizer=optimizer.state_dict(),
+                scheduler=scheduler.state_dict(),
+                epoch=epoch,
+                step=step,
+                history=history,
+                partial=partial_stats,
+                rng=states[0] if states else None,
+                rng_ranks=states,
+                world_size=world,
+            )
+        distributed.barrier()
 
     started = time.perf_counter()
     with _StopFlag() as stop:
         for epoch in range(start_epoch, settings.epochs):
-            batches = _batches(_epoch_order(n, settings.seed, epoch), settings.batch_size)
+            epoch_seed = settings.seed * 1_000_003 + epoch
+            batches = _batches(_epoch_order(n, settings.seed, epoch), settings.batch_size, world)
             if start_step and rng is not None:
-                _set_rng_state(rng)
+                _set_rng_state(rng_ranks[rank] if rng_ranks else rng)
+            elif start_step:  # mid-epoch checkpoint of another world size
+                torch.manual_seed(epoch_seed + start_step * 1_000_000_007 + rank * 2**40)
             else:
-                torch.manual_seed(settings.seed * 1_000_003 + epoch)
+                torch.manual_seed(epoch_seed + rank * 2**40)
             stats = partial or {"loss": 0.0, "correct": 0, "seen": 0, "terms": {}, "seconds": 0.0}
             # own generator: creating the iterator must not draw from the global RNG (it would shift a
             # resumed epoch's randomness); worker processes are seeded from it
             loader = DataLoader(
-                train_set,
-                batch_sampler=batches[start_step:],
+                distributed.SeededItems(train_set, epoch_seed),
+                batch_sampler=[distributed.shard(b, world, rank) for b in batches[start_step:]],
                 num_workers=settings.num_workers,
                 pin_memory=device.startswith("cuda"),
-                generator=torch.Generator().manual_seed(settings.seed * 1_000_003 + epoch),
+                generator=torch.Generator().manual_seed(epoch_seed),
             )
             model.train()
             bar = tqdm(
@@ -299,12 +370,13 @@ def _fit(
                 total=steps_per_epoch,
                 initial=start_step,
                 unit="batch",
-                disable=None,
+                disable=None if main else True,
                 desc=f"{desc} epoch {epoch + 1}/{settings.epochs}",
                 dynamic_ncols=True,
             )
             tick = time.perf_counter()
             step = start_step
+            stopping = False
             for step, (images, labels) in enumerate(bar, start=start_step):
                 images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
                 progress = (epoch * steps_per_epoch + step) / total_steps
@@ -312,16 +384,28 @@ def _fit(
                     device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=settings.use_amp
                 ):
                     loss, logits, terms = loss_fn(images, labels, progress)
-                _check_finite(loss, epoch, step, ckpt)
+                local = len(labels)
+                values = [
+                    float(loss.detach()) * local,
+                    int((logits.detach().argmax(1) == labels).sum()),
+                    local,
+                    float(stop.requested),
+                    *(terms[k] * local for k in sorted(terms)),
+                ]
+                # one all-reduce per step: global loss (NaN on any rank stops all), accuracy, Ctrl-C
+                loss_sum, correct, seen, stops, *term_sums = distributed.all_sum(values)
+                _check_finite(torch.tensor(loss_sum), epoch, step, ckpt)
+                stopping = stops > 0
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                # DDP averages the ranks' gradients: weight by this rank's share of the global batch
+                (loss if world == 1 else loss * (local * world / seen)).backward()
                 optimizer.step()
                 scheduler.step()
-                stats["loss"] += float(loss.detach()) * len(labels)
-                stats["correct"] += int((logits.detach().argmax(1) == labels).sum())
-                stats["seen"] += len(labels)
-                for key, value in terms.items():
-                    stats["terms"][key] = stats["terms"].get(key, 0.0) + value * len(labels)
+                stats["loss"] += loss_sum
+                stats["correct"] += int(correct)
+                stats["seen"] += int(seen)
+                for key, value in zip(sorted(terms), term_sums, strict=True):
+                    stats["terms"][key] = stats["terms"].get(key, 0.0) + value
                 elapsed = stats["seconds"] + time.perf_counter() - tick
                 rate = stats["seen"] / max(elapsed, 1e-9)
                 left = (total_steps - epoch * steps_per_epoch - step - 1) * settings.batch_size / rate
@@ -332,11 +416,11 @@ def _fit(
                     eta=f"{left / 60:.1f}min",
                     refresh=False,
                 )
-                if stop.requested and step + 1 < len(batches):
+                if stopping and step + 1 < len(batches):
                     stats["seconds"] = elapsed
                     save_state(epoch, step + 1, stats)
                     bar.close()
-                    tqdm.write(f"{desc}: interrupted; state saved to {ckpt}; continue with --resume")
+                    say(f"{desc}: interrupted; state saved to {ckpt}; continue with --resume")
                     raise KeyboardInterrupt
             bar.close()
             seconds = stats["seconds"] + time.perf_counter() - tick
@@ -357,15 +441,15 @@ def _fit(
                     "images_per_s": seen / max(seconds, 1e-9),
                 }
             )
-            tqdm.write(
+            say(
                 f"{desc} epoch {epoch + 1}/{settings.epochs}: loss {history[-1]['train_loss']:.4f}, "
                 f"train acc {history[-1]['train_accuracy']:.4f}, test acc {test_accuracy:.4f}, "
                 f"{history[-1]['images_per_s']:.0f} images/s"
             )
-            start_step, partial, rng = 0, None, None
+            start_step, partial, rng, rng_ranks = 0, None, None, None
             save_state(epoch + 1, 0, None)
-            if stop.requested and epoch + 1 < settings.epochs:
-                tqdm.write(f"{desc}: interrupted; state saved to {ckpt}; continue with --resume")
+            if distributed.any_rank(stopping or stop.requested) and epoch + 1 < settings.epochs:
+                say(f"{desc}: interrupted; state saved to {ckpt}; continue with --resume")
                 raise KeyboardInterrupt
     if not history:
         raise LasnnError(f"{ckpt} records no finished epoch; delete it or train for at least one epoch.")
@@ -376,4 +460,5 @@ def _fit(
         "train_seconds": sum(h["seconds"] for h in history),
         "wall_seconds": time.perf_counter() - started,
         "settings": asdict(settings),
+        "world_size": world,
     }

@@ -380,3 +380,30 @@ def test_first_layer_spike_counts_hand_computed(shift: bool) -> None:
     if not shift:
         with pytest.raises(LasnnError, match="shift"):
             convert(teacher, x, timesteps=10, reset="zero", shift=True)
+
+
+def test_converted_network_lowers_and_simulates_spike_exact() -> None:
+    """The export stage lowers a (reset-to-zero) converted network like any student: lasnn's float reference
+    simulator reproduces its readout and every spike; reset by subtraction is refused by name."""
+    lowering = pytest.importorskip("lasnn.export.lowering")
+    float_backend = pytest.importorskip("lasnn.sims.float_backend")
+    images = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(6))
+    for make in (_cnn, _resnet):
+        student = convert(make(), images, timesteps=16).double()
+        spikes: dict[str, torch.Tensor] = {}
+        for name, layer in student.neuron_layers():
+            layer.register_forward_hook(lambda _m, _i, out, name=name, d=spikes: d.__setitem__(name, out))
+        stream = student.encode(images.double())
+        with torch.no_grad():
+            currents, _ = student.run(stream)
+        graph = lowering.lower_student(student, {"dataset": "synthetic"})
+        result = float_backend.FloatBackend(progress=False).run(graph, stream.numpy())
+        np.testing.assert_array_equal(result.outputs, currents.numpy())
+        assert sum(float(s.sum()) for s in spikes.values()) > 0
+        assert sorted(result.spikes) == sorted(spikes)
+        for name, s in spikes.items():
+            np.testing.assert_array_equal(result.spikes[name], s.numpy())
+    with pytest.raises(LasnnError, match="subtraction"):
+        lowering.lower_student(
+            convert(_cnn(), images, timesteps=4, reset="subtract"), {"dataset": "synthetic"}
+        )

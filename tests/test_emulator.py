@@ -278,7 +278,8 @@ def test_emulator_matches_lava_reference_feedforward(wrap: bool) -> None:
     rng = np.random.default_rng(3 + wrap)
     lg = feedforward_graph(rng, wrap=wrap)
     stream = (rng.random((5, 7, 12)) < 0.5).astype(np.float64)
-    emu = EmulatorBackend(progress=False, collect_stats=True, batch_size=3)  # chunks of 3: chunking must not matter
+    # chunks of 3: chunking must not matter
+    emu = EmulatorBackend(progress=False, collect_stats=True, batch_size=3)
     result = emu.run_loihi(lg, stream)
     raw, spikes = lava_reference(lg, stream)
     for name in ("a", "b", "c"):
@@ -306,6 +307,67 @@ def test_emulator_matches_lava_reference_host_input_and_recurrence() -> None:
             assert np.array_equal(result.spikes[name][:, b : b + 1], spikes[name]), (name, b)
         assert np.array_equal(result.outputs[:, b : b + 1], lg.readout_to_float(raw))
     assert 0 < result.spikes["h"].mean() < 1 and 0 < result.spikes["k"].mean() < 1
+
+
+def fast_path_graph(rng: np.random.Generator) -> LoihiGraph:
+    """Spike input (2,6,6) -> Conv -> LIF (4,6,6) -> Dense (floor shift) + delayed Dense from the input ->
+    LIF (5) -> Dense (floor shift) -> LI readout (3, its v read): ranges the emulator's float32 path admits
+    (du = 4095, power-of-two v decays, small sums)."""
+    layers = {
+        "a": _layer(rng, "a", (4, 6, 6), 1, dv=2048, vth=60, bias_scale=40),
+        "b": _layer(rng, "b", (5,), 2, dv=0, vth=300),
+        "out": _layer(rng, "out", (3,), 3, kind="readout", dv=2048, vth=2**17 - 1, bias_scale=40),
+    }
+    syns = [
+        LoihiSynapse(
+            "ia",
+            "input",
+            "a",
+            "conv",
+            rng.integers(-128, 128, size=(4, 2, 3, 3)).astype(np.int32),
+            geometry=ConvGeometry((2, 6, 6), (4, 6, 6), (1, 1), (1, 1)),
+        ),
+        LoihiSynapse("ab", "a", "b", "dense", _mixed_even(rng, (5, 144)), weight_exp=-2),
+        LoihiSynapse("ib", "input", "b", "dense", _mixed_even(rng, (5, 72)), weight_exp=1, delay=1),
+        LoihiSynapse("bo", "b", "out", "dense", _mixed_even(rng, (3, 5)), weight_exp=-2),
+    ]
+    return LoihiGraph(
+        input=LoihiInput(name="input", shape=(2, 6, 6), mode="spikes"),
+        layers=layers,
+        synapses=syns,
+        readout=LoihiReadout(name="output", mode="potential", layer="out", offset=np.zeros(3)),
+        timesteps=5,
+    )
+
+
+@pytest.mark.parametrize("make", [fast_path_graph, host_recurrent_graph, feedforward_graph])
+def test_emulator_float32_path_is_exact(make) -> None:  # noqa: ANN001
+    """Without stats, layers with small ranges run in float32: same spikes and outputs as Lava's equations
+    and as the integer path (stats mode), whatever the chunking."""
+    from lasnn.sims.emulator import _Compiled
+
+    rng = np.random.default_rng(21)
+    lg = make(rng)
+    fast = _Compiled(lg, torch.device("cpu")).fast
+    if make is fast_path_graph:
+        assert fast == {"a": True, "b": True, "out": True}  # the float32 path is what this case tests
+    else:
+        assert any(fast.values()) and not all(fast.values())  # mixed float32 and integer layers
+    if lg.input.mode == "spikes":
+        stream = (rng.random((lg.timesteps, 7, *lg.input.shape)) < 0.5).astype(np.float64)
+    else:
+        stream = rng.standard_normal((lg.timesteps, 7, *lg.input.shape))
+    quick = EmulatorBackend(progress=False, batch_size=3).run_loihi(lg, stream)
+    exact = EmulatorBackend(progress=False, collect_stats=True).run_loihi(lg, stream)
+    assert np.array_equal(quick.outputs, exact.outputs)
+    assert set(quick.spikes) == set(exact.spikes)
+    assert all(np.array_equal(quick.spikes[n], exact.spikes[n]) for n in quick.spikes)
+    raw, spikes = lava_reference(lg, stream) if lg.input.mode == "spikes" else (None, None)
+    if spikes is not None:  # (host-input graphs: compared sample by sample in the test above)
+        for name in quick.spikes:
+            assert np.array_equal(quick.spikes[name], spikes[name]), name
+            assert 0 < spikes[name].mean() < 1, f"layer {name} is silent or saturated; the test would be weak"
+        assert np.array_equal(quick.outputs, lg.readout_to_float(raw))
 
 
 def test_wrap24_is_lavas_signed_clamp() -> None:
@@ -337,6 +399,12 @@ def test_emulator_cuda_matches_cpu() -> None:
     lg = feedforward_graph(rng, wrap=True)
     stream = (rng.random((5, 9, 12)) < 0.5).astype(np.float64)
     cpu = EmulatorBackend(progress=False).run_loihi(lg, stream)
+    gpu = EmulatorBackend(device="cuda", progress=False).run_loihi(lg, stream)
+    assert np.array_equal(cpu.outputs, gpu.outputs)
+    assert all(np.array_equal(cpu.spikes[n], gpu.spikes[n]) for n in cpu.spikes)
+    lg = fast_path_graph(rng)  # the float32 path on the GPU
+    stream = (rng.random((5, 9, 2, 6, 6)) < 0.5).astype(np.float64)
+    cpu = EmulatorBackend(progress=False, collect_stats=True).run_loihi(lg, stream)
     gpu = EmulatorBackend(device="cuda", progress=False).run_loihi(lg, stream)
     assert np.array_equal(cpu.outputs, gpu.outputs)
     assert all(np.array_equal(cpu.spikes[n], gpu.spikes[n]) for n in cpu.spikes)
@@ -419,3 +487,18 @@ def test_emulator_tracks_the_float_backend() -> None:
     assert agree >= 0.9
     assert fixed.outputs.shape == ref.outputs.shape
     assert emu.report is not None and emu.stats["n1"]["u_wraps"] == 0 and emu.stats["n1"]["v_clips"] == 0
+
+
+def test_emulator_threads_are_scoped_to_the_run() -> None:
+    """A CPU run picks its own thread count (idle cores, or ``num_threads``) and gives torch's back."""
+    from lasnn.sims.emulator import cpu_threads
+
+    assert 1 <= cpu_threads() <= torch.get_num_threads()
+    rng = np.random.default_rng(8)
+    lg = fast_path_graph(rng)
+    stream = (rng.random((5, 4, 2, 6, 6)) < 0.5).astype(np.float64)
+    before = torch.get_num_threads()
+    one = EmulatorBackend(progress=False, num_threads=1).run_loihi(lg, stream)
+    assert torch.get_num_threads() == before
+    auto = EmulatorBackend(progress=False).run_loihi(lg, stream)
+    assert np.array_equal(one.outputs, auto.outputs)
