@@ -82,7 +82,7 @@ def _peak_rss() -> int:
 def run_training(args: argparse.Namespace) -> dict[str, Any]:
     case = args.train_config or ("digits" if args.quick else "resnet19" if args.cuda else "small")
     batch = args.train_batch or (128 if args.cuda else 32)
-    steps, rounds = (2, 2) if args.quick else (args.train_steps, 3)
+    steps, rounds = (2, 3) if args.quick else (args.train_steps, 5)
     return train_throughput.measure(case, args.device, batch, steps, 1 if args.quick else 2, rounds)
 
 
@@ -161,7 +161,8 @@ def markdown(record: dict[str, Any]) -> str:
         lines += [
             f"## Training throughput ({train['case']}: student {train['student']}, teacher "
             f"{train['teacher']}, batch {train['batch_size']}, {train['device']}, bf16 autocast "
-            f"{train['amp_bf16']}; median of {train['rounds']} rounds of {train['steps']} steps)",
+            f"{train['amp_bf16']}, {train['torch_threads']} threads; fastest of {train['rounds']} rounds of "
+            f"{train['steps']} steps)",
             "",
             "| model | images/s | s/step | peak memory |",
             "| --- | --- | --- | --- |",
@@ -219,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run: small networks, few steps")
     parser.add_argument("--train-config", choices=sorted(train_throughput.CASES), help="training case")
     parser.add_argument("--train-batch", type=int, help="training batch (default 32 CPU, 128 GPU)")
-    parser.add_argument("--train-steps", type=int, default=5, help="timed steps per round")
+    parser.add_argument("--train-steps", type=int, default=3, help="timed steps per round (5 rounds)")
     parser.add_argument("--sim-networks", help="comma-separated: digits, cifar")
     parser.add_argument("--sim-batch", type=int, help="emulator batch size (default 512 CPU, 4096 GPU)")
     parser.add_argument("--emulator-samples", type=int)
