@@ -19,12 +19,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
-from lasnn.export.graph import Graph, Neuron
-from lasnn.export.lowering import lower_student
-from lasnn.export.nir_io import read_nir, write_nir
 
 from lasnn.artifacts import load_checkpoint
 from lasnn.errors import LasnnError
+from lasnn.export.graph import Graph, Neuron
+from lasnn.export.lowering import lower_student
+from lasnn.export.nir_io import read_nir, write_nir
 
 CHECK_SAMPLES = 2  # samples the written graph is re-run on (float64) against the student
 

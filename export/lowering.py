@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
+
 from lasnn.distill.spiking_layers import (
     ResidualBlock,
     SeqFlatten,
@@ -31,6 +33,7 @@ from lasnn.distill.spiking_layers import (
     SeqSynapse,
     SpikingNeurons,
 )
+from lasnn.errors import LasnnError
 from lasnn.export.graph import (
     Affine,
     Conv2d,
@@ -43,9 +46,6 @@ from lasnn.export.graph import (
     SumPool2d,
 )
 from lasnn.export.validate import conv_output_size, validate_graph
-from torch import nn
-
-from lasnn.errors import LasnnError
 
 READOUT = "mean_current"  # logits = mean over T of the head's output currents
 

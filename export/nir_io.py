@@ -41,6 +41,9 @@ from typing import Any
 import h5py
 import nir
 import numpy as np
+
+from lasnn.artifacts import write_bytes
+from lasnn.errors import LasnnError
 from lasnn.export.graph import (
     Affine,
     Conv2d,
@@ -55,9 +58,6 @@ from lasnn.export.graph import (
     SumPool2d,
 )
 from lasnn.export.validate import _fixed_shapes, infer_shapes, validate_graph
-
-from lasnn.artifacts import write_bytes
-from lasnn.errors import LasnnError
 
 DEFAULT_FOREIGN_DT = 1e-4  # seconds; the value the NIR paper's cross-platform code used (DESIGN.md)
 NIR_FORMAT = 1  # version of lasnn's metadata layout inside NIR files

@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+from lasnn.errors import LasnnError
 from lasnn.export.graph import (
     Affine,
     Conv2d,
@@ -24,8 +26,6 @@ from lasnn.export.graph import (
     Scale,
     SumPool2d,
 )
-
-from lasnn.errors import LasnnError
 
 KNOWN = (Input, Output, Affine, Conv2d, SumPool2d, Scale, Flatten, Neuron, LeakyIntegrator, Delay)
 # Nodes that reshape their input to their own ``input_shape`` (same number of elements suffices); Output

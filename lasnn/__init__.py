@@ -1,3 +1,3 @@
-"""lasnn: layer-wise ANN-to-SNN distillation, from an ANN teacher to a spiking student on Loihi's simulator."""
+"""lasnn: layer-wise ANN-to-SNN distillation, from an ANN teacher to a spiking student on Loihi."""
 
 __version__ = "0.1.0"

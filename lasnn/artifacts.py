@@ -38,7 +38,9 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[io.IOBas
         directory.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     except OSError as error:
-        raise LasnnError(f"Cannot write {path}: {error.strerror or error}; choose a writable output path.") from error
+        raise LasnnError(
+            f"Cannot write {path}: {error.strerror or error}; choose a writable output path."
+        ) from error
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; an artifact gets the usual permissions
         with os.fdopen(fd, mode) as handle:
@@ -50,7 +52,9 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[io.IOBas
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         if isinstance(error, OSError):
-            raise LasnnError(f"Cannot write {path}: {error.strerror or error}; check free space and permissions.") from error
+            raise LasnnError(
+                f"Cannot write {path}: {error.strerror or error}; check free space and permissions."
+            ) from error
         raise
 
 
@@ -105,8 +109,13 @@ def versions() -> dict[str, str]:
 
     from lasnn import __version__
 
-    return {"lasnn": __version__, "torch": torch.__version__, "norse": getattr(norse, "__version__", "?"),
-            "nir": getattr(nir, "__version__", "?"), "python": platform.python_version()}
+    return {
+        "lasnn": __version__,
+        "torch": torch.__version__,
+        "norse": getattr(norse, "__version__", "?"),
+        "nir": getattr(nir, "__version__", "?"),
+        "python": platform.python_version(),
+    }
 
 
 def save_checkpoint(path: str | os.PathLike, kind: str, metadata: dict[str, Any], **payload: Any) -> None:
@@ -114,8 +123,13 @@ def save_checkpoint(path: str | os.PathLike, kind: str, metadata: dict[str, Any]
     num_classes, timesteps, encoding, dt, seed where they apply; library versions are added."""
     if kind not in KINDS:
         raise ValueError(f"unknown checkpoint kind {kind!r}")
-    blob = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": kind,
-            "metadata": {**metadata, "versions": versions()}, **payload}
+    blob = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "kind": kind,
+        "metadata": {**metadata, "versions": versions()},
+        **payload,
+    }
     buffer = io.BytesIO()
     torch.save(blob, buffer)
     write_bytes(path, buffer.getvalue())
@@ -133,25 +147,36 @@ def load_checkpoint(path: str | os.PathLike, kinds: tuple[str, ...], required: t
     try:
         blob = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:  # torch raises many types for corrupt files
-        raise LasnnError(f"{path} is not a readable torch checkpoint ({type(error).__name__}); pass a "
-                         f"{expected} checkpoint written by lasnn.") from error
+        raise LasnnError(
+            f"{path} is not a readable torch checkpoint ({type(error).__name__}); pass a "
+            f"{expected} checkpoint written by lasnn."
+        ) from error
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-        raise LasnnError(f"{path} is not a lasnn checkpoint (no 'format': 'lasnn' field); pass a {expected} "
-                         "checkpoint written by lasnn.")
+        raise LasnnError(
+            f"{path} is not a lasnn checkpoint (no 'format': 'lasnn' field); pass a {expected} "
+            "checkpoint written by lasnn."
+        )
     if blob.get("format_version") != FORMAT_VERSION:
-        raise LasnnError(f"{path} has checkpoint format version {blob.get('format_version')!r}, this lasnn "
-                         f"reads version {FORMAT_VERSION}; re-create it with this lasnn version.")
+        raise LasnnError(
+            f"{path} has checkpoint format version {blob.get('format_version')!r}, this lasnn "
+            f"reads version {FORMAT_VERSION}; re-create it with this lasnn version."
+        )
     if blob.get("kind") not in kinds:
-        raise LasnnError(f"{path} is a {blob.get('kind')!r} checkpoint, but a {expected} checkpoint is "
-                         "needed here.")
+        raise LasnnError(
+            f"{path} is a {blob.get('kind')!r} checkpoint, but a {expected} checkpoint is needed here."
+        )
     missing = [key for key in ("metadata", *required) if key not in blob]
     if missing:
-        raise LasnnError(f"{path} lacks the field(s) {', '.join(missing)}; the file is damaged or from "
-                         "another tool, re-create it.")
+        raise LasnnError(
+            f"{path} lacks the field(s) {', '.join(missing)}; the file is damaged or from "
+            "another tool, re-create it."
+        )
     for name, value in (blob.get("state_dict") or {}).items():
         if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all():
-            raise LasnnError(f"{path} has non-finite (NaN or Inf) values in '{name}'; training diverged, "
-                             "retrain with a lower learning rate or resume from an earlier checkpoint.")
+            raise LasnnError(
+                f"{path} has non-finite (NaN or Inf) values in '{name}'; training diverged, "
+                "retrain with a lower learning rate or resume from an earlier checkpoint."
+            )
     return blob
 
 

@@ -38,11 +38,15 @@ def encode(
         return images.unsqueeze(0).expand(timesteps, *images.shape).contiguous()
     intensity = _intensity(images)
     if encoding == "poisson":
-        noise = torch.rand(
-            (timesteps, *images.shape), generator=generator, device=images.device, dtype=images.dtype
-        ) if generator is None or generator.device == images.device else torch.rand(
-            (timesteps, *images.shape), generator=generator, dtype=images.dtype
-        ).to(images.device)
+        noise = (
+            torch.rand(
+                (timesteps, *images.shape), generator=generator, device=images.device, dtype=images.dtype
+            )
+            if generator is None or generator.device == images.device
+            else torch.rand((timesteps, *images.shape), generator=generator, dtype=images.dtype).to(
+                images.device
+            )
+        )
         return (noise < intensity.unsqueeze(0)).to(images.dtype)
     if encoding == "latency":
         fire_at = torch.round((1.0 - intensity) * (timesteps - 1))

@@ -14,15 +14,15 @@ import nirtorch
 import numpy as np
 import pytest
 import torch
+from torch import nn
+
 from lasnn.distill.spiking_layers import NeuronConfig, SeqSynapse, SpikingNeurons
 from lasnn.distill.students import SpikingStudent, resnet_student, vgg_student
+from lasnn.errors import LasnnError
 from lasnn.export.graph import Conv2d, Neuron
 from lasnn.export.lowering import fold_batch_norm, lower_student
 from lasnn.export.nir_io import nir_to_graph, read_nir, write_nir
 from lasnn.sims.float_backend import FloatBackend
-from torch import nn
-
-from lasnn.errors import LasnnError
 
 SHAPE = (2, 8, 8)
 DT = 1e-3

@@ -9,6 +9,7 @@ import types
 
 import numpy as np
 import pytest
+
 from lasnn.sims import lava_compat
 
 SAMPLE = """from __future__ import annotations
@@ -73,8 +74,9 @@ def test_patch_is_idempotent_and_leaves_other_sources_alone() -> None:
 
 
 def test_installed_lava_imports_through_the_hook() -> None:
-    import lasnn.sims  # noqa: F401  (installs the hook)
     from lava.magma.compiler import var_model
+
+    import lasnn.sims  # noqa: F401  (installs the hook)
 
     assert var_model.CoreEncoder().x is not var_model.CoreEncoder().x
     if sys.version_info >= (3, 11):
@@ -149,13 +151,14 @@ def reference_dense_lif(
 
 @pytest.mark.lava
 def test_lava_dense_lif_fixed_point_matches_numpy() -> None:
-    import lasnn.sims  # noqa: F401  (the 3.11+ import hook)
     from lava.magma.core.run_conditions import RunSteps
     from lava.magma.core.run_configs import Loihi2SimCfg
     from lava.proc.dense.process import Dense
     from lava.proc.io.sink import RingBuffer as Sink
     from lava.proc.io.source import RingBuffer as Source
     from lava.proc.lif.process import LIF
+
+    import lasnn.sims  # noqa: F401  (the 3.11+ import hook)
 
     rng = np.random.default_rng(7)
     n_in, n_out, steps = 20, 30, 40

@@ -9,11 +9,11 @@ import nir
 import numpy as np
 import pytest
 import torch
+
+from lasnn.errors import LasnnError
 from lasnn.export.graph import Delay, LeakyIntegrator, Neuron
 from lasnn.export.nir_io import DEFAULT_FOREIGN_DT, nir_to_graph, read_nir
 from lasnn.sims.float_backend import FloatBackend
-
-from lasnn.errors import LasnnError
 
 RNG = np.random.default_rng(0)
 

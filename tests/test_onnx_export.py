@@ -7,9 +7,10 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from onnx.reference import ReferenceEvaluator
+
 from lasnn.distill.teachers import build_teacher
 from lasnn.export.onnx_export import TOLERANCE, export_teacher_onnx
-from onnx.reference import ReferenceEvaluator
 
 SHAPE = (1, 8, 8)  # the digits data set
 
@@ -48,9 +49,8 @@ def test_cifar_style_teachers_export(tmp_path, arch):
 
 
 def test_cli_teacher_to_onnx(tmp_path, monkeypatch, capsys):
-    from lasnn.distill.checkpoints import save_teacher
-
     import lasnn.cli
+    from lasnn.distill.checkpoints import save_teacher
 
     model = digits_teacher()
     meta = dict(
