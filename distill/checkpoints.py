@@ -55,9 +55,9 @@ def load_teacher(path: str | os.PathLike) -> tuple[nn.Module, dict]:
     _check_metadata(path, blob["metadata"], COMMON_METADATA, "Teacher checkpoint")
     try:
         model = build_teacher(blob["config"])
-    except (KeyError, TypeError, ValueError) as error:
+    except (KeyError, TypeError, ValueError, LasnnError) as error:
         raise LasnnError(
-            f"{path} has an unusable teacher config ({type(error).__name__}: {error}); "
+            f"{path} has an unusable teacher config ({str(error).rstrip('.')}); "
             "re-create it with lasnn teach."
         ) from error
     _load_state(path, model, blob["state_dict"])

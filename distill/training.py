@@ -45,7 +45,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from lasnn.artifacts import load_checkpoint, save_checkpoint
+from lasnn.artifacts import load_checkpoint, remove_stale_temporaries, save_checkpoint
 from lasnn.distill import distributed
 from lasnn.errors import LasnnError
 
@@ -277,6 +277,8 @@ def _fit(
     device = settings.device
     world, rank = distributed.world_size(), distributed.rank()
     main = rank == 0
+    if main:  # a run killed while writing its checkpoint leaves a temporary file beside it
+        remove_stale_temporaries(ckpt)
     say = tqdm.write if main else (lambda _text: None)
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]

@@ -34,6 +34,8 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[io.IOBas
     """Open a temporary file beside ``path``; on success fsync it and rename it over ``path``."""
     path = Path(path)
     directory = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise LasnnError(f"Cannot write {path}: it is a folder; pass a file path to write.")
     try:
         directory.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
@@ -56,6 +58,19 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[io.IOBas
                 f"Cannot write {path}: {error.strerror or error}; check free space and permissions."
             ) from error
         raise
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files ``atomic_write`` leaves beside ``path`` when a process is killed
+    (SIGKILL) in the middle of a write; returns what was removed. Only our own ``.NAME.*.tmp`` pattern
+    is touched."""
+    path = Path(path)
+    removed = []
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
+            removed.append(stale)
+    return removed
 
 
 def _umask() -> int:
