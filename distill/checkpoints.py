@@ -49,6 +49,21 @@ def save_teacher(path: str | os.PathLike, model: nn.Module, config: dict, metada
     save_checkpoint(path, "teacher", metadata, config=dict(config), state_dict=state)
 
 
+def data_metadata(dataset: str, data_root: str | os.PathLike | None, info: Any, seed: int) -> dict[str, Any]:
+    """The data-set part of every checkpoint's metadata (``info`` is a ``lasnn.data.DatasetInfo``), so
+    that later stages rebuild the same inputs without repeated flags."""
+    return dict(
+        dataset=dataset,
+        data_root=None if data_root is None else str(data_root),
+        input_shape=list(info.input_shape),
+        num_classes=info.num_classes,
+        mean=list(info.mean),
+        std=list(info.std),
+        class_names=list(info.class_names),
+        seed=seed,
+    )
+
+
 def load_teacher(path: str | os.PathLike) -> tuple[nn.Module, dict]:
     """Load a teacher checkpoint, rebuild its model (eval mode) and return it with the raw blob."""
     blob = load_checkpoint(path, ("teacher",), required=("config", "state_dict"))

@@ -20,7 +20,7 @@ from torch.nn import functional as F
 from lasnn.artifacts import write_json
 from lasnn.data import DATASETS, first_samples, load_dataset
 from lasnn.distill.attention import AGGREGATES, AttentionProbe, set_membrane_recording
-from lasnn.distill.checkpoints import load_teacher, save_student, save_teacher, teacher_path_of
+from lasnn.distill.checkpoints import data_metadata, load_teacher, save_student, save_teacher, teacher_path_of
 from lasnn.distill.distributed import data_parallel, is_main_process
 from lasnn.distill.losses import LOSSES, SCHEDULES, LossConfig, objective
 from lasnn.distill.spiking_layers import NeuronConfig
@@ -194,14 +194,7 @@ def teach(
         model, loss_fn, forward, train_set, test_set, settings, out, run_config, resume, desc=f"teach {arch}"
     )
     metadata = dict(
-        dataset=dataset,
-        data_root=None if data_root is None else str(data_root),
-        input_shape=list(info.input_shape),
-        num_classes=info.num_classes,
-        mean=list(info.mean),
-        std=list(info.std),
-        class_names=list(info.class_names),
-        seed=seed,
+        **data_metadata(dataset, data_root, info, seed),
         test_accuracy=metrics["test_accuracy"],
         epochs=settings.epochs,
     )
@@ -413,14 +406,7 @@ def distill(
     if probe is not None:
         set_membrane_recording(net, [s for s, _ in probe.pairs], False)
     metadata = dict(
-        dataset=dataset,
-        data_root=data_root,
-        input_shape=list(info.input_shape),
-        num_classes=info.num_classes,
-        mean=list(info.mean),
-        std=list(info.std),
-        class_names=list(info.class_names),
-        seed=seed,
+        **data_metadata(dataset, data_root, info, seed),
         timesteps=timesteps,
         encoding=encoding,
         dt=net.config["neuron"]["dt"],

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from lasnn.artifacts import check_writable, write_json
 from lasnn.data import load_dataset
-from lasnn.distill.checkpoints import load_teacher, save_student, teacher_path_of
+from lasnn.distill.checkpoints import data_metadata, load_teacher, save_student, teacher_path_of
 from lasnn.distill.conversion import (
     POOLINGS,
     RESETS,
@@ -142,14 +142,7 @@ def convert_teacher(
     chosen = choose_timesteps(curve, teacher_acc)
     student.timesteps = chosen
     metadata = dict(
-        dataset=dataset,
-        data_root=data_root,
-        input_shape=list(info.input_shape),
-        num_classes=info.num_classes,
-        mean=list(info.mean),
-        std=list(info.std),
-        class_names=list(info.class_names),
-        seed=seed,
+        **data_metadata(dataset, data_root, info, seed),
         timesteps=chosen,
         encoding="direct",
         dt=student.neuron_layers()[0][1].config.dt if student.neuron_layers() else 1e-3,
