@@ -118,14 +118,30 @@ def _out_dir(out: str | os.PathLike) -> Path:
 def _settings(
     epochs: int, batch_size: int, lr: float | None, seed: int, device: str, deterministic: bool | None
 ) -> TrainSettings:
+    device = resolve_device(device)
     return TrainSettings(
         epochs=epochs,
         batch_size=batch_size,
         lr=default_lr(batch_size) if lr is None else lr,
         seed=seed,
-        device=resolve_device(device),
+        device=device,
         deterministic=deterministic,
+        num_workers=default_workers(device),
     )
+
+
+def default_workers(device: str) -> int:
+    """DataLoader worker processes: none on CPU (the cores train), up to 8 on a GPU, where decoding and
+    augmenting in the main process would starve it (measured on an H100: ~1,200-1,600 images/s with
+    none). ``LASNN_WORKERS`` overrides. Augmentation is seeded per sample, so results do not depend on it."""
+    override = os.environ.get("LASNN_WORKERS")
+    if override is not None:
+        if not override.isdigit():
+            raise LasnnError(f"LASNN_WORKERS is {override!r}; expected a non-negative integer.")
+        return int(override)
+    if not device.startswith("cuda"):
+        return 0
+    return max(0, min(8, (os.cpu_count() or 1) - 1))
 
 
 def _count(module: torch.nn.Module) -> int:
