@@ -315,8 +315,9 @@ def main(argv: list[str] | None = None) -> int:
 
     teacher_path = _teacher(args, work, device)
     converted = {v: _converted(args, teacher_path, v, work, device) for v in VARIANTS}
+    # T-major, so that a run cut short still holds complete comparisons at the smaller T
     student_paths = {
-        (loss, t): _student(args, teacher_path, loss, t, work, device) for loss in losses for t in student_ts
+        (loss, t): _student(args, teacher_path, loss, t, work, device) for t in student_ts for loss in losses
     }
 
     teacher, meta = load_teacher(teacher_path)
