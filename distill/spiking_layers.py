@@ -30,6 +30,8 @@ from norse.torch.functional.lif_box import (
 from norse.torch.functional.threshold import threshold
 from torch import nn
 
+from lasnn.distill.fused_lifbox import LIFBoxSequence
+
 NEURON_KINDS = ("lifbox", "cubalif", "if")
 
 
@@ -85,6 +87,13 @@ class SpikingNeurons(nn.Module):
             currents = currents.float()
         steps = currents.shape[0]
         spikes, membranes = [], []
+        if c.kind == "lifbox" and c.surrogate == "super":  # the same neuron, fused (see fused_lifbox)
+            # parameters rounded as norse holds them (0-dim float32 tensors), so float64 runs match it too
+            a = c.dt * torch.as_tensor(c.tau_mem_inv)  # as norse: dt * p.tau_mem_inv
+            v_leak, v_reset = float(torch.as_tensor(c.v_leak)), float(torch.as_tensor(c.v_reset))
+            spikes_t, membrane = LIFBoxSequence.apply(currents, self.v_th, a, v_leak, v_reset, c.v_leak)
+            self.membrane = membrane if self.record_membrane else None
+            return spikes_t
         if c.kind == "lifbox":
             p = LIFBoxParameters(
                 tau_mem_inv=torch.as_tensor(c.tau_mem_inv),
@@ -144,6 +153,14 @@ class SeqSynapse(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         steps, batch = x.shape[:2]
+        if steps > 1 and x.stride(0) == 0:
+            # the same input at every step (direct encoding's view): compute once, repeat the currents.
+            # Batch statistics are those of the T copies (same mean and biased variance); only the
+            # running variance's n/(n-1) correction differs (n = B*H*W instead of T*B*H*W).
+            y = self.layer(x[0])
+            if self.norm is not None:
+                y = self.norm(y)
+            return y.unsqueeze(0).expand(steps, *y.shape)
         y = self.layer(x.flatten(0, 1))
         if self.norm is not None:
             y = self.norm(y)

@@ -49,6 +49,9 @@ class SpikingStudent(nn.Module):
         self.config = dict(config or {})  # architecture arguments, to rebuild from a checkpoint
 
     def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        if self.encoding == "direct":
+            # a view repeating the images over T (stride 0): the first synapse sees it and runs once
+            return images.unsqueeze(0).expand(self.timesteps, *images.shape)
         return encode(images, self.timesteps, self.encoding, generator)
 
     def run(self, stream: torch.Tensor, record: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
