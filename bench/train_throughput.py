@@ -204,9 +204,11 @@ def measure(
     step_fns = {name: optimiser_step(model, loss_of) for name, (model, loss_of) in runs.items()}
     previous_threads = torch.get_num_threads()
     if not device.startswith("cuda"):  # as the emulator: only the idle cores (stalled OpenMP barriers)
+        from lasnn.cpu_memory import keep_freed_memory
         from lasnn.sims.emulator import cpu_threads
 
         torch.set_num_threads(cpu_threads())
+        keep_freed_memory()  # as lasnn.distill's fit on CPU
     result["torch_threads"] = torch.get_num_threads()
     timings: dict[str, list[float]] = {name: [] for name in runs}
     try:

@@ -46,6 +46,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from lasnn.artifacts import load_checkpoint, remove_stale_temporaries, save_checkpoint
+from lasnn.cpu_memory import keep_freed_memory
 from lasnn.distill import distributed
 from lasnn.errors import LasnnError
 
@@ -244,6 +245,8 @@ def fit(
         torch.is_deterministic_algorithms_warn_only_enabled(),
     )
     seed_everything(settings.seed, settings.use_deterministic)
+    if torch.device(settings.device).type == "cpu":
+        keep_freed_memory()  # large per-step tensors reuse memory instead of page-faulting it in anew
     distributed.setup(settings.device)
     device = distributed.local_device(settings.device)
     if device != settings.device:

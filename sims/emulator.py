@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import math
 import os
+import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from lasnn.cpu_memory import keep_freed_memory
 from lasnn.errors import LasnnError
 from lasnn.export.graph import Graph
 from lasnn.hardware.loihi_graph import (
@@ -107,15 +109,38 @@ def lif_step(
     return u, v.masked_fill(spikes, 0), spikes, wrapped, total
 
 
-def cpu_threads() -> int:
-    """Threads for a CPU run: torch's count, cut to the cores other processes leave idle (1-minute load
-    average). The emulator's many short kernels end in OpenMP barriers; a thread whose core is busy with
-    another process stalls every barrier (measured on a loaded 2-core machine: 2 threads gave 400 to
-    12000 images/s on the digits network, 1 thread a steady 5700 to 7300)."""
+def _idle_cpus(window_s: float = 0.1) -> float | None:
+    """Idle CPUs now: the idle share of all CPU time over ``window_s`` seconds (``/proc/stat``, Linux), times
+    the CPU count; None where ``/proc/stat`` is absent."""
+
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat", encoding="ascii") as handle:
+            fields = [int(x) for x in handle.readline().split()[1:]]
+        return fields[3] + fields[4], sum(fields)  # idle + iowait, all
+
     try:
-        idle = (os.cpu_count() or 1) - os.getloadavg()[0]
-    except OSError:  # no load average on this platform
-        return torch.get_num_threads()
+        idle0, total0 = sample()
+        time.sleep(window_s)
+        idle1, total1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    if total1 <= total0:
+        return None
+    return (os.cpu_count() or 1) * (idle1 - idle0) / (total1 - total0)
+
+
+def cpu_threads() -> int:
+    """Threads for a CPU run: torch's count, cut to the cores other processes leave idle. The emulator's
+    many short kernels end in OpenMP barriers; a thread whose core is busy with another process stalls
+    every barrier (measured on a loaded 2-core machine: 2 threads gave 400 to 12000 images/s on the digits
+    network, 1 thread a steady 5700 to 7300). Idle cores are measured over 0.1 s from ``/proc/stat``; the
+    1-minute load average (the fallback elsewhere) lags a finished burst of work by about a minute."""
+    idle = _idle_cpus()
+    if idle is None:
+        try:
+            idle = (os.cpu_count() or 1) - os.getloadavg()[0]
+        except OSError:  # no load average on this platform
+            return torch.get_num_threads()
     return max(1, min(torch.get_num_threads(), int(idle + 0.5)))
 
 
@@ -260,6 +285,7 @@ class EmulatorBackend:
         previous = torch.get_num_threads()
         if self.device.type == "cpu":
             torch.set_num_threads(self.num_threads or cpu_threads())
+            keep_freed_memory()  # per-step tensors of tens of MiB: reuse instead of page faults
         try:
             return self._run_chunks(compiled, stream)
         finally:

@@ -491,9 +491,14 @@ def test_emulator_tracks_the_float_backend() -> None:
 
 def test_emulator_threads_are_scoped_to_the_run() -> None:
     """A CPU run picks its own thread count (idle cores, or ``num_threads``) and gives torch's back."""
-    from lasnn.sims.emulator import cpu_threads
+    import os
+
+    from lasnn.sims.emulator import _idle_cpus, cpu_threads
 
     assert 1 <= cpu_threads() <= torch.get_num_threads()
+    idle = _idle_cpus()
+    if os.path.exists("/proc/stat"):
+        assert idle is not None and 0.0 <= idle <= (os.cpu_count() or 1)
     rng = np.random.default_rng(8)
     lg = fast_path_graph(rng)
     stream = (rng.random((5, 4, 2, 6, 6)) < 0.5).astype(np.float64)
