@@ -94,6 +94,7 @@ def run_sims(args: argparse.Namespace) -> list[dict[str, Any]]:
         batch_size=args.sim_batch or (4096 if args.cuda else 512),
         emulator_samples=args.emulator_samples or (512 if args.quick else 2000),
         lava_samples=args.lava_samples or (8 if args.quick else 50),
+        emulator_rounds=1 if args.quick else 3,
         skip_lava=args.skip_lava,
         load_case=args.load_case,
         save_case=None,
@@ -184,15 +185,15 @@ def markdown(record: dict[str, Any]) -> str:
         lines += [
             "## Simulators: bit-exact emulator vs Lava (same network, same run)",
             "",
-            "| network | neurons | emulator images/s (device, batch, samples) | Lava images/s (samples) | "
-            "ratio | spikes identical |",
+            "| network | neurons | emulator images/s (device, batch, samples, threads) | "
+            "Lava images/s (samples) | ratio | spikes identical |",
             "| --- | --- | --- | --- | --- | --- |",
         ]
         for r in sims:
             emu, lava = r["emulator"], r.get("lava")
             lines.append(
                 f"| {r['network']} | {r['neurons']} | {emu['images_per_s']:.1f} ({emu['device']}, "
-                f"{emu['batch_size']}, {emu['samples']}) | "
+                f"{emu['batch_size']}, {emu['samples']}, {emu.get('threads')} threads) | "
                 + (
                     f"{lava['images_per_s']:.2f} ({lava['samples']}) | {r['ratio']:.0f}x | "
                     f"{lava['spikes_identical_to_emulator']} |"

@@ -37,6 +37,7 @@ from lasnn.hardware.loihi_graph import (
     DECAY_SHIFT,
     UV_BITS,
     VTH_SHIFT,
+    ConvGeometry,
     LoihiGraph,
     check_loihi_graph,
     host_currents_torch,
@@ -144,6 +145,31 @@ def cpu_threads() -> int:
     return max(1, min(torch.get_num_threads(), int(idle + 0.5)))
 
 
+def pooled_conv(weight: np.ndarray, geometry: ConvGeometry) -> tuple[int, np.ndarray, tuple[int, int]] | None:
+    """``(s, kernel, padding)`` when an integer conv of stride ``s`` equals an ``s x s`` sum pooling followed
+    by a stride-1 conv with ``kernel``, else None.
+
+    A float student's pooling followed by a conv is composed into one Loihi synapse of stride ``s`` whose
+    kernel repeats every weight over an ``s x s`` block (equal floats quantise to equal integers). Summing
+    the spikes of each block first and convolving with one weight per block gives the same integers with
+    ``s*s`` times fewer multiply-adds. Decided on the integer weights themselves (exact equality), so it
+    never changes a result; the padding and input size must be multiples of ``s``."""
+    (sh, sw), (ph, pw) = geometry.stride, geometry.padding
+    _, height, width = geometry.input_shape
+    if sh != sw or sh < 2 or weight.ndim != 4:
+        return None
+    s = sh
+    kh, kw = weight.shape[2:]
+    if kh % s or kw % s or ph % s or pw % s or height % s or width % s:
+        return None
+    kernel = weight[:, :, ::s, ::s]
+    for a in range(s):
+        for b in range(s):
+            if not np.array_equal(weight[:, :, a::s, b::s], kernel):
+                return None
+    return s, np.ascontiguousarray(kernel), (ph // s, pw // s)
+
+
 class _Compiled:
     """A LoihiGraph's integer parameters on a device, and the per-synapse float-step lags."""
 
@@ -154,6 +180,7 @@ class _Compiled:
         depth_of = {n: layer.depth for n, layer in lg.layers.items()}
         depth_of[lg.input.name] = 0
         self.syn = []
+        self.pooled: dict[str, tuple[int, torch.Tensor, tuple[int, int]]] = {}
         for syn in lg.synapses:
             lag = 1 + syn.delay + depth_of[syn.src] - depth_of[syn.dst]
             if lag < 0 or (lag == 0 and syn.src in position and position[syn.src] >= position[syn.dst]):
@@ -167,7 +194,17 @@ class _Compiled:
                 np.abs(np.asarray(syn.weight, dtype=np.int64)).reshape(len(w), -1).sum(1).max(initial=0)
             )
             w32 = w.float() if exact32 < 2**24 else None
-            if w32 is not None and syn.geometry is not None:  # oneDNN/cuDNN convolve NHWC faster
+            if w32 is not None and syn.geometry is not None:
+                pooled = pooled_conv(np.asarray(syn.weight), syn.geometry)
+                if pooled is not None:  # (pool factor, kernel on the pooled input, its padding)
+                    self.pooled[syn.name] = (
+                        pooled[0],
+                        torch.as_tensor(pooled[1], dtype=torch.float32, device=device).contiguous(
+                            memory_format=torch.channels_last
+                        ),
+                        pooled[2],
+                    )
+                # oneDNN/cuDNN convolve NHWC faster
                 w32 = w32.contiguous(memory_format=torch.channels_last)
             self.syn.append((syn, lag, (w, w32)))
         self.max_lag = max([lag for _, lag, _ in self.syn], default=0)
@@ -237,7 +274,7 @@ class EmulatorBackend:
     inputs clipped by the host) if ``collect_stats`` is True (calibration / stats mode: every layer then
     runs the int path, which measures them). Without stats, layers whose integer ranges provably stay below
     2**24 (``_Compiled.fast``) run a float32 in-place path with the same results, several times faster.
-    On CPU a run uses ``num_threads`` threads (default: ``cpu_threads()``, the idle cores).
+    On CPU a run uses ``num_threads`` threads (default: ``cpu_threads()``, the idle cores at the first run).
     """
 
     name = "emulator"
@@ -262,6 +299,7 @@ class EmulatorBackend:
         self.loihi_graph: LoihiGraph | None = None
         self.report: dict | None = None
         self.stats: dict[str, dict] = {}
+        self.last_threads: int | None = None  # CPU threads of the last run
 
     def run(self, graph: Graph, stream: np.ndarray) -> BackendResult:
         self.loihi_graph, self.report = quantise(graph, self.calibration_stream)
@@ -284,7 +322,10 @@ class EmulatorBackend:
         compiled = _Compiled(lg, self.device)
         previous = torch.get_num_threads()
         if self.device.type == "cpu":
-            torch.set_num_threads(self.num_threads or cpu_threads())
+            if self.num_threads is None:  # idle cores, measured once per backend (it takes 0.1 s)
+                self.num_threads = cpu_threads()
+            torch.set_num_threads(self.num_threads)
+            self.last_threads = torch.get_num_threads()
             keep_freed_memory()  # per-step tensors of tens of MiB: reuse instead of page faults
         try:
             return self._run_chunks(compiled, stream)
@@ -452,7 +493,7 @@ class EmulatorBackend:
             if syn.dst != name or t - lag < 0:
                 continue
             src = spikes_in[t - lag] if syn.src == lg.input.name else history[syn.src][t - lag]
-            acc = self._synapse_f32(syn, w, src, batch).reshape(batch, *layer.shape)
+            acc = self._synapse_f32(c, syn, w, src, batch).reshape(batch, *layer.shape)
             a = acc if a is None else a.add_(acc)
         u = None if a is None else a.mul_(2**ACT_SHIFT)
         if name in host_f:  # already << 6
@@ -471,6 +512,7 @@ class EmulatorBackend:
 
     def _synapse_f32(
         self,
+        c: _Compiled,
         syn,  # noqa: ANN001
         w: tuple[torch.Tensor, torch.Tensor | None],
         s: torch.Tensor,
@@ -482,7 +524,11 @@ class EmulatorBackend:
         runs and its result (``|a_out| < 2**24`` by the layer's bound) is converted."""
         if w[1] is not None:
             x = s.to(torch.float32)  # spikes of their layer's shape (the C-order flattening is logical)
-            if syn.geometry is not None:
+            if syn.name in c.pooled:  # sum pooling then the small kernel: the same integers (pooled_conv)
+                factor, kernel, padding = c.pooled[syn.name]
+                x = F.avg_pool2d(x.reshape(batch, *syn.geometry.input_shape), factor, divisor_override=1)
+                acc = F.conv2d(x, kernel, padding=padding)
+            elif syn.geometry is not None:
                 g = syn.geometry
                 acc = F.conv2d(x.reshape(batch, *g.input_shape), w[1], stride=g.stride, padding=g.padding)
             else:

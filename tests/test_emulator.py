@@ -507,3 +507,58 @@ def test_emulator_threads_are_scoped_to_the_run() -> None:
     assert torch.get_num_threads() == before
     auto = EmulatorBackend(progress=False).run_loihi(lg, stream)
     assert np.array_equal(one.outputs, auto.outputs)
+
+
+def pooled_conv_graph(rng: np.random.Generator) -> LoihiGraph:
+    """Spike input (3,8,8) -> Conv 6x6 stride 2 whose kernel repeats a 3x3 kernel over 2x2 blocks (what a
+    student's 2x2 pooling followed by a 3x3 conv composes into) -> LIF (4,4,4) -> Dense -> LI readout."""
+    small = rng.integers(-40, 41, size=(4, 3, 3, 3)).astype(np.int32)
+    layers = {
+        "a": _layer(rng, "a", (4, 4, 4), 1, dv=2048, vth=40, bias_scale=20),
+        "out": _layer(rng, "out", (3,), 2, kind="readout", dv=2048, vth=2**17 - 1),
+    }
+    syns = [
+        LoihiSynapse(
+            "ia",
+            "input",
+            "a",
+            "conv",
+            np.repeat(np.repeat(small, 2, axis=2), 2, axis=3),
+            geometry=ConvGeometry((3, 8, 8), (4, 4, 4), (2, 2), (2, 2)),
+        ),
+        LoihiSynapse("ao", "a", "out", "dense", _mixed_even(rng, (3, 64)), weight_exp=-1),
+    ]
+    return LoihiGraph(
+        input=LoihiInput(name="input", shape=(3, 8, 8), mode="spikes"),
+        layers=layers,
+        synapses=syns,
+        readout=LoihiReadout(name="output", mode="potential", layer="out", offset=np.zeros(3)),
+        timesteps=6,
+    )
+
+
+def test_pooled_conv_factorisation_is_exact() -> None:
+    """A block-repeated stride-2 kernel runs as sum pooling + 3x3 conv: same spikes as Lava's equations and
+    as the integer path; a kernel that is not block-repeated (or padding not a multiple of 2) is not."""
+    from lasnn.sims.emulator import _Compiled, pooled_conv
+
+    rng = np.random.default_rng(5)
+    lg = pooled_conv_graph(rng)
+    compiled = _Compiled(lg, torch.device("cpu"))
+    factor, kernel, padding = compiled.pooled["ia"]
+    assert factor == 2 and tuple(kernel.shape) == (4, 3, 3, 3) and padding == (1, 1)
+    assert compiled.fast["a"]
+    stream = (rng.random((lg.timesteps, 9, *lg.input.shape)) < 0.4).astype(np.float64)
+    quick = EmulatorBackend(progress=False).run_loihi(lg, stream)
+    integer = EmulatorBackend(progress=False, collect_stats=True).run_loihi(lg, stream)
+    raw, spikes = lava_reference(lg, stream)
+    assert 0 < spikes["a"].mean() < 1
+    assert np.array_equal(quick.spikes["a"], spikes["a"]) and np.array_equal(integer.spikes["a"], spikes["a"])
+    assert np.array_equal(quick.outputs, lg.readout_to_float(raw))
+
+    geometry = lg.synapses[0].geometry
+    broken = np.asarray(lg.synapses[0].weight).copy()
+    broken[0, 0, 0, 1] += 2  # one tap differs from its block
+    assert pooled_conv(broken, geometry) is None
+    odd_padding = ConvGeometry((3, 8, 8), (4, 4, 4), (2, 2), (1, 1))
+    assert pooled_conv(np.asarray(lg.synapses[0].weight), odd_padding) is None
