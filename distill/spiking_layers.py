@@ -48,7 +48,7 @@ class NeuronConfig:
     v_reset: float = 0.0
     reset: str = "zero"  # "zero" (to v_reset) or "subtract" (only kind "if"; not exportable)
     surrogate: str = "super"  # norse threshold method
-    surrogate_alpha: float = 100.0
+    surrogate_alpha: float = 100.0  # passed to norse; its "super" surrogate (norse 1.1) does not use it
 
     def __post_init__(self) -> None:
         if self.kind not in NEURON_KINDS:

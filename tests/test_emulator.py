@@ -309,6 +309,17 @@ def test_emulator_matches_lava_reference_host_input_and_recurrence() -> None:
     assert 0 < result.spikes["h"].mean() < 1 and 0 < result.spikes["k"].mean() < 1
 
 
+def _spiking_graph(shape: tuple[int, ...], layers: dict, syns: list, timesteps: int) -> LoihiGraph:
+    """A graph with spike input of ``shape`` and the membrane potential of 3-neuron layer "out" as readout."""
+    return LoihiGraph(
+        input=LoihiInput(name="input", shape=shape, mode="spikes"),
+        layers=layers,
+        synapses=syns,
+        readout=LoihiReadout(name="output", mode="potential", layer="out", offset=np.zeros(3)),
+        timesteps=timesteps,
+    )
+
+
 def fast_path_graph(rng: np.random.Generator) -> LoihiGraph:
     """Spike input (2,6,6) -> Conv -> LIF (4,6,6) -> Dense (floor shift) + delayed Dense from the input ->
     LIF (5) -> Dense (floor shift) -> LI readout (3, its v read): ranges the emulator's float32 path admits
@@ -331,13 +342,7 @@ def fast_path_graph(rng: np.random.Generator) -> LoihiGraph:
         LoihiSynapse("ib", "input", "b", "dense", _mixed_even(rng, (5, 72)), weight_exp=1, delay=1),
         LoihiSynapse("bo", "b", "out", "dense", _mixed_even(rng, (3, 5)), weight_exp=-2),
     ]
-    return LoihiGraph(
-        input=LoihiInput(name="input", shape=(2, 6, 6), mode="spikes"),
-        layers=layers,
-        synapses=syns,
-        readout=LoihiReadout(name="output", mode="potential", layer="out", offset=np.zeros(3)),
-        timesteps=5,
-    )
+    return _spiking_graph((2, 6, 6), layers, syns, timesteps=5)
 
 
 @pytest.mark.parametrize("make", [fast_path_graph, host_recurrent_graph, feedforward_graph])
@@ -517,24 +522,13 @@ def pooled_conv_graph(rng: np.random.Generator) -> LoihiGraph:
         "a": _layer(rng, "a", (4, 4, 4), 1, dv=2048, vth=40, bias_scale=20),
         "out": _layer(rng, "out", (3,), 2, kind="readout", dv=2048, vth=2**17 - 1),
     }
+    kernel = np.repeat(np.repeat(small, 2, axis=2), 2, axis=3)
+    geometry = ConvGeometry((3, 8, 8), (4, 4, 4), (2, 2), (2, 2))
     syns = [
-        LoihiSynapse(
-            "ia",
-            "input",
-            "a",
-            "conv",
-            np.repeat(np.repeat(small, 2, axis=2), 2, axis=3),
-            geometry=ConvGeometry((3, 8, 8), (4, 4, 4), (2, 2), (2, 2)),
-        ),
+        LoihiSynapse("ia", "input", "a", "conv", kernel, geometry=geometry),
         LoihiSynapse("ao", "a", "out", "dense", _mixed_even(rng, (3, 64)), weight_exp=-1),
     ]
-    return LoihiGraph(
-        input=LoihiInput(name="input", shape=(3, 8, 8), mode="spikes"),
-        layers=layers,
-        synapses=syns,
-        readout=LoihiReadout(name="output", mode="potential", layer="out", offset=np.zeros(3)),
-        timesteps=6,
-    )
+    return _spiking_graph((3, 8, 8), layers, syns, timesteps=6)
 
 
 def test_pooled_conv_factorisation_is_exact() -> None:
