@@ -337,10 +337,13 @@ def host_currents_torch(
             acc = F.conv2d(xs.reshape(-1, *g.input_shape), w, stride=g.stride, padding=g.padding)
         else:
             acc = xs.reshape(xs.shape[0] * batch, -1) @ w.T
-        acc = torch.round(acc).to(torch.int64).reshape(xs.shape[0], batch, *lg.layers[hs.dst].shape)
-        acc = acc.expand(steps, *acc.shape[1:]) if acc.shape[0] != steps else acc
-        acc = acc + torch.as_tensor(hs.bias, dtype=torch.int64, device=device)
-        a_in = torch.bitwise_right_shift(acc + (1 << (hs.shift - 1)), hs.shift)
+        # (round(acc) + bias + 2**(shift-1)) >> shift, in place in float64: the quantiser keeps
+        # sum|w| * in_max + |bias| below 2**51, so every value is an integer float64 holds exactly, and
+        # floor(x / 2**shift) is the arithmetic right shift
+        offset = torch.as_tensor(hs.bias + (1 << (hs.shift - 1)), dtype=torch.float64, device=device)
+        acc = acc.round_().reshape(xs.shape[0], batch, *lg.layers[hs.dst].shape).add_(offset)
+        a_in = acc.div_(2.0**hs.shift).floor_().to(torch.int64)
+        a_in = a_in.expand(steps, *a_in.shape[1:]) if a_in.shape[0] != steps else a_in
         out[hs.dst] = a_in if hs.dst not in out else out[hs.dst] + a_in
     return out
 

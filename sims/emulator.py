@@ -181,6 +181,7 @@ class _Compiled:
         depth_of[lg.input.name] = 0
         self.syn = []
         self.pooled: dict[str, tuple[int, torch.Tensor, tuple[int, int]]] = {}
+        self.dense_nhwc: dict[str, torch.Tensor] = {}
         for syn in lg.synapses:
             lag = 1 + syn.delay + depth_of[syn.src] - depth_of[syn.dst]
             if lag < 0 or (lag == 0 and syn.src in position and position[syn.src] >= position[syn.dst]):
@@ -206,6 +207,12 @@ class _Compiled:
                     )
                 # oneDNN/cuDNN convolve NHWC faster
                 w32 = w32.contiguous(memory_format=torch.channels_last)
+            src_shape = tuple(lg.layers[syn.src].shape) if syn.src in lg.layers else ()
+            if w32 is not None and syn.geometry is None and len(src_shape) == 3:
+                # columns in NHWC order, for the channels-last spikes of an image-shaped source (no copy)
+                self.dense_nhwc[syn.name] = (
+                    w32.reshape(len(w32), *src_shape).permute(0, 2, 3, 1).reshape(len(w32), -1).contiguous()
+                )
             self.syn.append((syn, lag, (w, w32)))
         self.max_lag = max([lag for _, lag, _ in self.syn], default=0)
         self.bias = {
@@ -389,15 +396,20 @@ class EmulatorBackend:
         # fast layers: float32 states, image-shaped ones channels-last (NHWC, the layout the convolutions
         # prefer and return, so that elementwise steps and convolutions never reorder memory); host
         # currents pre-multiplied by 64 (u = a_in << 6; exact: |a_in << 6| < 2**24)
-        def layout(x: torch.Tensor) -> torch.Tensor:
-            return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+        def float32_layout(x: torch.Tensor) -> torch.Tensor:  # one copy: convert and lay out together
+            fmt = torch.channels_last if x.dim() == 4 else torch.contiguous_format
+            return x.to(dtype=torch.float32, memory_format=fmt, copy=True)
 
         host_f = {
-            n: [layout(h[i].to(torch.float32).mul_(2**ACT_SHIFT)) for i in range(h.shape[0])]
+            n: [float32_layout(h[i]).mul_(2**ACT_SHIFT) for i in range(h.shape[0])]
             for n, h in host.items()
             if fast[n]
         }
-        v_f = {n: layout(torch.zeros((batch, *lg.layers[n].shape), device=dev)) for n in lg.layers if fast[n]}
+        v_f = {
+            n: float32_layout(torch.zeros((), device=dev).expand(batch, *lg.layers[n].shape))
+            for n in lg.layers
+            if fast[n]
+        }
         has_out = {syn.src for syn, _, _ in c.syn}
         for t in range(steps):
             ht = 0 if constant else t  # the host currents' step
@@ -531,6 +543,12 @@ class EmulatorBackend:
             elif syn.geometry is not None:
                 g = syn.geometry
                 acc = F.conv2d(x.reshape(batch, *g.input_shape), w[1], stride=g.stride, padding=g.padding)
+            elif (
+                syn.name in c.dense_nhwc
+                and x.dim() == 4
+                and x.is_contiguous(memory_format=torch.channels_last)
+            ):
+                acc = x.permute(0, 2, 3, 1).reshape(batch, -1) @ c.dense_nhwc[syn.name].T  # a view, no copy
             else:
                 acc = x.reshape(batch, -1) @ w[1].T
             if torch.equal(torch.round(acc), acc):
