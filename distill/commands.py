@@ -197,7 +197,7 @@ def teach(
     if init_state:
         _load_init_state(model, init_state)
     out = _out_dir(out)  # only once every input is known to be good: a refused run leaves no folder
-    forward = torch.compile(model) if compile else model
+    forward = torch.compile(model, dynamic=False) if compile else model
     train_forward = data_parallel(model, settings.device, forward, compile=compile)  # DDP under torchrun
 
     def loss_fn(images: torch.Tensor, labels: torch.Tensor, _progress: float):
@@ -385,7 +385,7 @@ def distill(
             set_membrane_recording(net, [s for s, _ in probe.pairs], True)
     out = _out_dir(out)  # only once every input is known to be good: a refused run leaves no folder
     teacher_model.to(settings.device).eval()
-    run = torch.compile(net.run) if compile else net.run
+    run = torch.compile(net.run, dynamic=False) if compile else net.run
     # DDP under torchrun; a progressive schedule's first phases leave the head and later layers unused
     run = data_parallel(net, settings.device, run, "run", compile, config.schedule == "progressive")
 

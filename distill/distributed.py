@@ -273,4 +273,4 @@ def data_parallel(
         device_ids=[torch.device(device).index or 0] if device.startswith("cuda") else None,
         find_unused_parameters=find_unused_parameters,
     )
-    return torch.compile(ddp) if compile else ddp
+    return torch.compile(ddp, dynamic=False) if compile else ddp

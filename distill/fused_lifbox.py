@@ -27,7 +27,7 @@ class LIFBoxSequence(torch.autograd.Function):
     """``(currents [T, ...], v_th, a, v_leak, v_reset, v_start) -> (spikes, membrane before reset)``, both
     ``[T, ...]``.
 
-    ``a`` is ``dt * tau_mem_inv`` as norse computes it (a 0-dim tensor), ``v_start`` the initial potential.
+    ``a`` is ``dt * tau_mem_inv`` as norse computes it (in float32), ``v_start`` the initial potential.
     ``v_th`` is a buffer (no gradient).
     """
 
@@ -36,7 +36,7 @@ class LIFBoxSequence(torch.autograd.Function):
         ctx: torch.autograd.function.FunctionCtx,
         currents: torch.Tensor,
         v_th: torch.Tensor,
-        a: torch.Tensor,
+        a: float,
         v_leak: float,
         v_reset: float,
         v_start: float,
@@ -59,8 +59,8 @@ class LIFBoxSequence(torch.autograd.Function):
             torch.gt(membrane[t], v_th, out=fired[t])  # heaviside(v_decayed - v_th) > 0
             torch.where(fired[t], reset_to, membrane[t], out=v)  # (1 - z) * v + z * v_reset, z in {0, 1}
         spikes = fired.to(currents.dtype)
-        ctx.save_for_backward(membrane, spikes, v_th, a)  # the spikes, not a second bool->float copy
-        ctx.v_reset = v_reset
+        ctx.save_for_backward(membrane, spikes, v_th)  # the spikes, not a second bool->float copy
+        ctx.v_reset, ctx.a = v_reset, a
         return spikes, membrane
 
     @staticmethod
@@ -69,7 +69,8 @@ class LIFBoxSequence(torch.autograd.Function):
         grad_spikes: torch.Tensor | None,
         grad_membrane: torch.Tensor | None,
     ) -> tuple[torch.Tensor | None, None, None, None, None, None]:
-        membrane, spikes, v_th, a = ctx.saved_tensors
+        membrane, spikes, v_th = ctx.saved_tensors
+        a = ctx.a
         if grad_spikes is None:
             grad_spikes = torch.zeros_like(membrane)
         # SuperSpike (norse): dz/dv_dec = 1 / (|v_dec - v_th| + 1)^2, over all steps at once
@@ -87,3 +88,12 @@ class LIFBoxSequence(torch.autograd.Function):
                 local[t].addcmul_(grad_v, carry[t])  # local[t] becomes dL/dv_dec(t)
             grad_v = local[t] * keep
         return local.mul_(a), None, None, None, None, None
+
+
+@torch.compiler.disable
+def lifbox_sequence(
+    currents: torch.Tensor, v_th: torch.Tensor, a: float, v_leak: float, v_reset: float, v_start: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``LIFBoxSequence.apply``, kept out of ``torch.compile`` graphs: its in-place, preallocated loop is
+    already what a compiler would produce, and dynamo cannot trace it (a graph break instead)."""
+    return LIFBoxSequence.apply(currents, v_th, a, v_leak, v_reset, v_start)

@@ -30,7 +30,7 @@ from norse.torch.functional.lif_box import (
 from norse.torch.functional.threshold import threshold
 from torch import nn
 
-from lasnn.distill.fused_lifbox import LIFBoxSequence
+from lasnn.distill.fused_lifbox import lifbox_sequence
 
 NEURON_KINDS = ("lifbox", "cubalif", "if")
 
@@ -74,6 +74,15 @@ class SpikingNeurons(nn.Module):
         self.register_buffer("v_th", torch.tensor(float(self.config.v_th)))
         self.record_membrane = False
         self.membrane: torch.Tensor | None = None
+        c = self.config
+        # the fused LIFBox's constants as norse holds them (0-dim float32 tensors; dt * tau_mem_inv is
+        # formed in float32), so that float64 runs match norse too; the start potential is v_leak as given
+        self._fused_constants = (
+            float(c.dt * torch.as_tensor(c.tau_mem_inv)),
+            float(torch.as_tensor(c.v_leak)),
+            float(torch.as_tensor(c.v_reset)),
+            c.v_leak,
+        )
 
     def extra_repr(self) -> str:
         c = self.config
@@ -88,10 +97,7 @@ class SpikingNeurons(nn.Module):
         steps = currents.shape[0]
         spikes, membranes = [], []
         if c.kind == "lifbox" and c.surrogate == "super":  # the same neuron, fused (see fused_lifbox)
-            # parameters rounded as norse holds them (0-dim float32 tensors), so float64 runs match it too
-            a = c.dt * torch.as_tensor(c.tau_mem_inv)  # as norse: dt * p.tau_mem_inv
-            v_leak, v_reset = float(torch.as_tensor(c.v_leak)), float(torch.as_tensor(c.v_reset))
-            spikes_t, membrane = LIFBoxSequence.apply(currents, self.v_th, a, v_leak, v_reset, c.v_leak)
+            spikes_t, membrane = lifbox_sequence(currents, self.v_th, *self._fused_constants)
             self.membrane = membrane if self.record_membrane else None
             return spikes_t
         if c.kind == "lifbox":
