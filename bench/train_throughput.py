@@ -127,7 +127,7 @@ def measure(
     rounds: int = 5,
 ) -> dict[str, Any]:
     """Time one training step of each model of ``CASES[case_name]``; return images/s, ratios, memory."""
-    from lasnn.distill.attention import AttentionProbe
+    from lasnn.distill.attention import AttentionProbe, set_membrane_recording
     from lasnn.distill.losses import LossConfig, objective
 
     case = CASES[case_name]
@@ -139,7 +139,11 @@ def measure(
     labels = torch.randint(0, case.num_classes, (batch_size,), generator=generator).to(device)
     amp = device.startswith("cuda")  # as TrainSettings.use_amp: bfloat16 autocast on GPU only
     teacher.eval()
-    probe = AttentionProbe(teacher, student, images[:4].cpu().to(device), 2.0, "rate")
+    ann_teacher = copy.deepcopy(teacher)  # trained on its own; the distilling teacher stays in eval mode
+    teacher.to(memory_format=torch.channels_last)  # as lasnn.distill.commands.distill
+    # the distill defaults: membrane aggregation (the fused neuron returns the membrane it computes anyway)
+    probe = AttentionProbe(teacher, student, images[:4].cpu().to(device), 2.0, "membrane")
+    set_membrane_recording(student, [s for s, _ in probe.pairs], True)
 
     def optimiser_step(model: nn.Module, loss_of: Callable[[], torch.Tensor]) -> Callable[[], None]:
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
@@ -153,8 +157,6 @@ def measure(
             optimizer.step()
 
         return step
-
-    ann_teacher = copy.deepcopy(teacher)  # trained on its own; the distilling teacher stays in eval mode
 
     def teacher_loss() -> torch.Tensor:
         return F.cross_entropy(ann_teacher(images).float(), labels)
@@ -172,7 +174,7 @@ def measure(
     def lasnn_loss() -> torch.Tensor:  # as lasnn.distill.commands.distill's loss_fn
         currents, recorded = student.run(student.encode(images), record=True)
         with torch.inference_mode():
-            t_logits, t_ends = teacher.forward_features(images)
+            t_logits, t_ends = teacher.forward_features(images.contiguous(memory_format=torch.channels_last))
             t_maps = probe.teacher_maps(t_ends)
         teacher_logits, teacher_maps = t_logits.clone(), [m.clone() for m in t_maps]
         student_maps = probe.student_maps(student, recorded)
