@@ -162,23 +162,22 @@ def measure(
         return F.cross_entropy(ann_teacher(images).float(), labels)
 
     def twin_loss() -> torch.Tensor:
-        currents, _ = twin.run(twin.encode(images))
-        return F.cross_entropy(currents.mean(0).float(), labels)
+        logits, _ = twin.run(twin.encode(images), time_mean=True)
+        return F.cross_entropy(logits.float(), labels)
 
     def ce_loss() -> torch.Tensor:
-        currents, _ = student.run(student.encode(images))
-        return objective(LossConfig(kind="ce"), currents.mean(0), labels)[0]
+        logits, _ = student.run(student.encode(images), time_mean=True)
+        return objective(LossConfig(kind="ce"), logits, labels)[0]
 
     lasnn_config = LossConfig(kind="lasnn")
 
     def lasnn_loss() -> torch.Tensor:  # as lasnn.distill.commands.distill's loss_fn
-        currents, recorded = student.run(student.encode(images), record=True)
+        logits, recorded = student.run(student.encode(images), record=True, time_mean=True)
         with torch.inference_mode():
             t_logits, t_ends = teacher.forward_features(images.contiguous(memory_format=torch.channels_last))
             t_maps = probe.teacher_maps(t_ends)
         teacher_logits, teacher_maps = t_logits.clone(), [m.clone() for m in t_maps]
         student_maps = probe.student_maps(student, recorded)
-        logits = currents.mean(0)
         return objective(lasnn_config, logits, labels, teacher_logits, teacher_maps, student_maps, 0.0)[0]
 
     runs = {

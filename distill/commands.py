@@ -392,8 +392,7 @@ def distill(
     run = data_parallel(net, settings.device, run, "run", compile, config.schedule == "progressive")
 
     def loss_fn(images: torch.Tensor, labels: torch.Tensor, progress: float):
-        currents, recorded = run(net.encode(images), record=probe is not None)
-        logits = currents.mean(0)
+        logits, recorded = run(net.encode(images), record=probe is not None, time_mean=True)
         teacher_logits = teacher_maps = student_maps = None
         if config.needs_teacher:
             with torch.inference_mode():

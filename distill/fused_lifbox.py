@@ -3,7 +3,7 @@
 Why by hand: norse (1.1) offers the LIFBox neuron only as a per-step function, so a T-step layer built
 from it records about a dozen autograd nodes per step, allocates a zero-filled ``[T, ...]`` gradient for
 every ``currents[t]`` slice and stacks the outputs (issue 8 measured it: the student step cost 1.7x T
-ANN steps on CPU, most of the excess in those elementwise ops). Here the forward is five ops per step
+ANN steps on CPU, most of the excess in those elementwise ops). Here the forward is four ops per step
 into preallocated buffers (fresh large tensors cost page faults on CPU) and the backward is the same
 recursion run in reverse, with everything that does not depend on the recursion (the surrogate
 derivative, the reset terms) computed once over the whole ``[T, ...]`` tensor.
@@ -19,6 +19,8 @@ Only ``method="super"`` is fused; other surrogates take norse's loop (``SpikingN
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -47,6 +49,9 @@ class LIFBoxSequence(torch.autograd.Function):
         v = torch.full_like(membrane[0], v_start)
         drive = torch.empty_like(v)
         reset_to = torch.tensor(v_reset, dtype=currents.dtype, device=currents.device)
+        # a power of two multiplies exactly, so v + a * drive in one op (even as a fused multiply-add) rounds
+        # as norse's separate product and sum do; any other ``a`` takes the two ops
+        exact_scale = a > 0 and math.frexp(a)[0] == 0.5
         for t in range(steps):
             # norse: dv = dt * tau_mem_inv * (input + v_leak - v); v_decayed = v + dv
             if v_leak != 0.0:
@@ -54,8 +59,10 @@ class LIFBoxSequence(torch.autograd.Function):
                 drive.sub_(v)
             else:
                 torch.sub(currents[t], v, out=drive)
-            drive.mul_(a)
-            torch.add(v, drive, out=membrane[t])
+            if exact_scale:
+                torch.add(v, drive, alpha=a, out=membrane[t])
+            else:
+                torch.add(v, drive.mul_(a), out=membrane[t])
             torch.gt(membrane[t], v_th, out=fired[t])  # heaviside(v_decayed - v_th) > 0
             torch.where(fired[t], reset_to, membrane[t], out=v)  # (1 - z) * v + z * v_reset, z in {0, 1}
         spikes = fired.to(currents.dtype)
@@ -76,17 +83,15 @@ class LIFBoxSequence(torch.autograd.Function):
         # SuperSpike (norse): dz/dv_dec = 1 / (|v_dec - v_th| + 1)^2, over all steps at once
         surrogate = (membrane - v_th).abs_().add_(1.0).pow_(-2)
         # d v_new / d v_dec = (1 - z) + (v_reset - v_dec) * dz/dv_dec   (norse does not detach the reset)
-        carry = (ctx.v_reset - membrane).mul_(surrogate).add_(1.0).sub_(spikes)
+        carry = torch.addcmul(1.0 - spikes, ctx.v_reset - membrane, surrogate)
         # the part of dL/dv_dec that does not depend on later steps: dL/dz * dz/dv_dec (+ dL/d membrane)
         local = surrogate.mul_(grad_spikes)
         if grad_membrane is not None:
             local.add_(grad_membrane)
         keep = 1.0 - a  # d v_dec / d v_prev
-        grad_v = None  # dL/dv_new of the step being processed, from the later steps
-        for t in range(membrane.shape[0] - 1, -1, -1):
-            if grad_v is not None:
-                local[t].addcmul_(grad_v, carry[t])  # local[t] becomes dL/dv_dec(t)
-            grad_v = local[t] * keep
+        for t in range(membrane.shape[0] - 2, -1, -1):
+            # dL/dv_dec(t) += dL/dv_dec(t+1) * d v_dec(t+1) / d v_new(t) * d v_new(t) / d v_dec(t)
+            local[t].addcmul_(local[t + 1], carry[t], value=keep)
         return local.mul_(a), None, None, None, None, None
 
 

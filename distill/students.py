@@ -54,20 +54,49 @@ class SpikingStudent(nn.Module):
             return images.unsqueeze(0).expand(self.timesteps, *images.shape)
         return encode(images, self.timesteps, self.encoding, generator)
 
-    def run(self, stream: torch.Tensor, record: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Run an encoded ``[T, B, ...]`` stream; returns readout currents ``[T, B, classes]`` and, when
-        ``record``, the spike output ``[T, B, C, H, W]`` of every stage end by name."""
+    def run(
+        self, stream: torch.Tensor, record: bool = False, time_mean: bool = False
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Run an encoded ``[T, B, ...]`` stream; returns readout currents ``[T, B, classes]`` (with
+        ``time_mean``, their mean over T, ``[B, classes]``: the logits) and, when ``record``, the spike output
+        ``[T, B, C, H, W]`` of every stage end by name.
+
+        With ``time_mean`` the mean over T is taken before the layers after the last neurons (pooling,
+        flatten, a linear head without batch norm), which are linear and act on each step alike, so they
+        run once instead of T times; the logits equal the mean of the currents up to float rounding."""
         recorded: dict[str, torch.Tensor] = {}
+        children = list(self.features.named_children())
+        tail = self._linear_tail() if time_mean else -1
+        mean_at = len(children) - tail if tail >= 0 else None  # the layer index that gets the mean
         x = stream
-        for name, layer in self.features.named_children():
+        for index, (name, layer) in enumerate(children):
+            if index == mean_at:
+                x = x.mean(0, keepdim=True)
             x = layer(x)
             if record and name in self.stage_ends:
                 recorded[name] = x
-        return self.head(self.flatten(x)), recorded
+        if mean_at == len(children):
+            x = x.mean(0, keepdim=True)
+        currents = self.head(self.flatten(x))
+        if not time_mean:
+            return currents, recorded
+        return (currents[0] if mean_at is not None else currents.mean(0)), recorded
+
+    def _linear_tail(self) -> int:
+        """How many trailing feature layers (pooling) may take the time mean first; -1 if the head cannot
+        (batch norm in training mode does not commute with it)."""
+        if self.head.norm is not None:
+            return -1
+        tail = 0
+        for layer in reversed(list(self.features.children())):
+            if not isinstance(layer, SeqPool):
+                break
+            tail += 1
+        return tail
 
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        currents, _ = self.run(self.encode(images, generator))
-        return currents.mean(0)
+        logits, _ = self.run(self.encode(images, generator), time_mean=True)
+        return logits
 
     def neuron_layers(self) -> list[tuple[str, SpikingNeurons]]:
         return [(n, m) for n, m in self.named_modules() if isinstance(m, SpikingNeurons)]

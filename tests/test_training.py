@@ -18,7 +18,7 @@ from lasnn.artifacts import load_checkpoint, save_checkpoint
 from lasnn.data import load_dataset
 from lasnn.distill.checkpoints import load_student, load_teacher, save_teacher
 from lasnn.distill.commands import distill, teach
-from lasnn.distill.students import vgg_student
+from lasnn.distill.students import resnet_student, vgg_student
 from lasnn.distill.teachers import build_teacher
 from lasnn.distill.training import TrainSettings, evaluate, fit
 from lasnn.errors import LasnnError
@@ -203,3 +203,24 @@ def test_compiled_distillation_trains_like_the_eager_one(tmp_path):
     assert abs(compiled["test_accuracy"] - eager["test_accuracy"]) < 0.02
     for e, c in zip(eager["history"], compiled["history"], strict=True):
         assert c["train_loss"] == pytest.approx(e["train_loss"], rel=1e-3)
+
+
+@pytest.mark.parametrize("arch", ["vgg", "resnet"])
+def test_time_mean_logits_equal_the_mean_of_the_readout_currents(arch):
+    """``run(..., time_mean=True)`` averages over T before the trailing pooling and the head (they are
+    linear): same logits and gradients as averaging the per-step currents, in training mode."""
+    torch.manual_seed(0)
+    build = vgg_student if arch == "vgg" else resnet_student
+    student = build((3, 16, 16), 10, timesteps=5).double().train()
+    assert student._linear_tail() == 1  # the final pooling runs once, not T times
+    images = torch.randn(6, 3, 16, 16, dtype=torch.float64)
+    weights = torch.randn(6, 10, dtype=torch.float64)
+    per_step, _ = student.run(student.encode(images))
+    reference = per_step.mean(0)
+    (ref_grad,) = torch.autograd.grad((reference * weights).sum(), student.head.layer.weight)
+    logits, _ = student.run(student.encode(images), time_mean=True)
+    (grad,) = torch.autograd.grad((logits * weights).sum(), student.head.layer.weight)
+    assert float(per_step.std(0).max()) > 0.01  # the steps differ, so the order of mean and head matters
+    assert torch.allclose(logits, reference, rtol=0, atol=1e-12)
+    assert torch.allclose(grad, ref_grad, rtol=0, atol=1e-12)
+    assert torch.allclose(student(images), reference, rtol=0, atol=1e-12)
