@@ -416,8 +416,10 @@ class EmulatorBackend:
             for name in c.order:
                 layer = lg.layers[name]
                 if fast[name]:
-                    u_f, s = self._fast_step(c, name, t, batch, host_f, ht, v_f[name], spikes_in, history)
-                    history[name].append(s.to(torch.float32) if name in has_out else s)
+                    u_f, s, s_f = self._fast_step(
+                        c, name, t, batch, host_f, ht, v_f[name], spikes_in, history
+                    )
+                    history[name].append(s_f if name in has_out else s)
                     if layer.kind == "lif":
                         spike_record[name].append(s)
                     if name == ro.layer:
@@ -492,12 +494,13 @@ class EmulatorBackend:
         v: torch.Tensor,
         spikes_in: torch.Tensor | None,
         history: dict[str, list],
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One ``lif_step`` of a layer that ``_Compiled.fast`` admits, in float32 and in place on ``v``:
-        (u, spikes). Exact because every value is an integer below 2**24 in magnitude (u = a_in << 6 with
-        du = 4095, no u wrap and no int32 overflow possible, a power-of-two v decay) and float32 adds,
-        multiplies by powers of two, truncates, compares and clips such integers exactly; a total beyond
-        2**24 (rounded) still clips to the same bound since rounding is monotonic. No per-neuron Python."""
+        (u, spikes, spikes as float32). Exact because every value is an integer below 2**24 in magnitude
+        (u = a_in << 6 with du = 4095, no u wrap and no int32 overflow possible, a power-of-two v decay) and
+        float32 adds, multiplies by powers of two, truncates, compares and clips such integers exactly; a
+        total beyond 2**24 (rounded) still clips to the same bound since rounding is monotonic. No per-neuron
+        Python."""
         lg = c.lg
         layer = lg.layers[name]
         a = None  # a fresh tensor of our own (the host currents are shared: never modified in place)
@@ -519,8 +522,11 @@ class EmulatorBackend:
             v.add_(c.fast_bias[name])
         v.clamp_(-(_UV_MAX - 1), _UV_MAX - 1)
         spikes = v > (layer.vth << VTH_SHIFT)
-        v.masked_fill_(spikes, 0)
-        return u, spikes
+        spikes_f = spikes.to(torch.float32)
+        # reset to 0 where it spiked: v - v * s is exactly 0 there and v elsewhere (a multiply-add pass,
+        # measured 2.5 ms against 22 ms for masked_fill_ on 16M channels-last values)
+        v.addcmul_(v, spikes_f, value=-1)
+        return u, spikes, spikes_f
 
     def _synapse_f32(
         self,
