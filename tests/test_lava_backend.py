@@ -10,6 +10,8 @@ network checks Lava's time alignment and the start-of-sample clearing of recurre
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -110,13 +112,13 @@ def recurrent_cubalif(rng: np.random.Generator) -> Graph:
     return Graph(nodes, edges, {"timesteps": T, "encoding": "poisson"})
 
 
-def _student_graph(arch: str, encoding: str) -> Graph:
+def _student_graph(arch: str, encoding: str, in_shape: tuple[int, int, int] = (1, 8, 8)) -> Graph:
     from lasnn.distill.students import resnet_student, vgg_student
     from lasnn.export.lowering import lower_student
 
     torch.manual_seed(0)
     if arch == "vgg":
-        student = vgg_student((1, 8, 8), 10, widths=((4,), (8,)), timesteps=T, encoding=encoding)
+        student = vgg_student(in_shape, 10, widths=((4,), (8,)), timesteps=T, encoding=encoding)
         gain = 10.0
     else:
         student = resnet_student((1, 8, 8), 10, widths=(4, 8), timesteps=T, encoding=encoding)
@@ -129,12 +131,12 @@ def _student_graph(arch: str, encoding: str) -> Graph:
     return lower_student(student, {"timesteps": T, "encoding": encoding, "dt": 1e-3})
 
 
-def _digits_stream(encoding: str, count: int) -> np.ndarray:
+def _test_stream(encoding: str, count: int, dataset: str = "digits", root: Path | None = None) -> np.ndarray:
     from lasnn.data import first_samples, load_dataset
     from lasnn.encoding import encode
 
-    dataset, _ = load_dataset("digits", "test", augment=False)
-    images, _ = first_samples(dataset, count)
+    test_set, _ = load_dataset(dataset, "test", None if root is None else str(root), augment=False)
+    images, _ = first_samples(test_set, count)
     return encode(images, T, encoding, torch.Generator().manual_seed(0)).numpy()
 
 
@@ -146,8 +148,8 @@ def _networks() -> dict[str, tuple[Graph, np.ndarray]]:
     rng = np.random.default_rng(0)
     cnn, rec = if_sumpool_cnn(rng), recurrent_cubalif(rng)
     return {
-        "digits_vgg_direct": (_student_graph("vgg", "direct"), _digits_stream("direct", SAMPLES)),
-        "residual_poisson": (_student_graph("resnet", "poisson"), _digits_stream("poisson", SAMPLES)),
+        "digits_vgg_direct": (_student_graph("vgg", "direct"), _test_stream("direct", SAMPLES)),
+        "residual_poisson": (_student_graph("resnet", "poisson"), _test_stream("poisson", SAMPLES)),
         "if_sumpool_cnn": (cnn, _spike_stream(rng, (2, 10, 10))),
         "recurrent_cubalif": (rec, _spike_stream(rng, (12,))),
     }
@@ -162,8 +164,18 @@ def networks() -> dict[str, tuple[Graph, np.ndarray]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", NETWORKS)
-def test_lava_matches_emulator_spike_for_spike(networks: dict, name: str) -> None:
+@pytest.mark.parametrize("name", [*NETWORKS, "cifar10_vgg_direct"])
+def test_lava_matches_emulator_spike_for_spike(
+    networks: dict, name: str, request: pytest.FixtureRequest
+) -> None:
+    if name == "cifar10_vgg_direct":  # a CIFAR-10-shaped student on the first real CIFAR-10 test images
+        root = request.getfixturevalue("shared_datasets") / "cifar10"
+        networks = {
+            name: (
+                _student_graph("vgg", "direct", (3, 32, 32)),
+                _test_stream("direct", SAMPLES, "cifar10", root),
+            )
+        }
     graph, stream = networks[name]
     lg, _ = quantise(graph, stream)
     emulated = EmulatorBackend(progress=False).run_loihi(lg, stream)
