@@ -83,7 +83,8 @@ class LIFBoxSequence(torch.autograd.Function):
         # SuperSpike (norse): dz/dv_dec = 1 / (|v_dec - v_th| + 1)^2, over all steps at once
         surrogate = (membrane - v_th).abs_().add_(1.0).pow_(-2)
         # d v_new / d v_dec = (1 - z) + (v_reset - v_dec) * dz/dv_dec   (norse does not detach the reset)
-        carry = torch.addcmul(1.0 - spikes, ctx.v_reset - membrane, surrogate)
+        above_reset = membrane if ctx.v_reset == 0.0 else membrane - ctx.v_reset
+        carry = spikes.neg().add_(1.0).addcmul_(above_reset, surrogate, value=-1.0)
         # the part of dL/dv_dec that does not depend on later steps: dL/dz * dz/dv_dec (+ dL/d membrane)
         local = surrogate.mul_(grad_spikes)
         if grad_membrane is not None:
