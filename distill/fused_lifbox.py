@@ -100,6 +100,7 @@ class LIFBoxSequence(torch.autograd.Function):
 def lifbox_sequence(
     currents: torch.Tensor, v_th: torch.Tensor, a: float, v_leak: float, v_reset: float, v_start: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``LIFBoxSequence.apply``, kept out of ``torch.compile`` graphs: its in-place, preallocated loop is
-    already what a compiler would produce, and dynamo cannot trace it (a graph break instead)."""
+    """``LIFBoxSequence.apply``, kept out of ``torch.compile`` graphs (a graph break): inductor failed on
+    the traced loop under dynamic shapes, and a compiled functional version of the same loop measured no
+    faster on CPU (32 ms against 31.5 ms forward + backward for a 4x32x32x32x32 layer)."""
     return LIFBoxSequence.apply(currents, v_th, a, v_leak, v_reset, v_start)
