@@ -91,7 +91,7 @@ def run_sims(args: argparse.Namespace) -> list[dict[str, Any]]:
     ns = argparse.Namespace(
         data_root=args.data_root,
         device=args.device,
-        batch_size=args.sim_batch or (4096 if args.cuda else 512),
+        batch_size=args.sim_batch,  # None: the emulator's own chunk size (cache-sized on CPU, 4096 on GPU)
         emulator_samples=args.emulator_samples or (512 if args.quick else 2000),
         lava_samples=args.lava_samples or (8 if args.quick else 50),
         emulator_rounds=1 if args.quick else 3,
@@ -246,7 +246,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-batch", type=int, help="training batch (default 32 CPU, 128 GPU)")
     parser.add_argument("--train-steps", type=int, default=3, help="timed steps per round (5 rounds)")
     parser.add_argument("--sim-networks", help="comma-separated: digits, cifar")
-    parser.add_argument("--sim-batch", type=int, help="emulator batch size (default 512 CPU, 4096 GPU)")
+    parser.add_argument(
+        "--sim-batch",
+        type=int,
+        help="emulator chunk size (default: its own, cache-sized on CPU, 4096 on GPU)",
+    )
     parser.add_argument("--emulator-samples", type=int)
     parser.add_argument("--lava-samples", type=int)
     parser.add_argument("--skip-lava", action="store_true", help="emulator only (no Lava on the machine)")

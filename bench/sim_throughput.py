@@ -88,7 +88,7 @@ def _stream(images: np.ndarray, count: int) -> np.ndarray:
 
 def bench_network(name: str, args: argparse.Namespace) -> dict[str, Any]:
     from lasnn.hardware.quantise import quantise
-    from lasnn.sims.emulator import EmulatorBackend
+    from lasnn.sims.emulator import EmulatorBackend, auto_batch_size
 
     if args.load_case:  # a network quantised elsewhere (e.g. for a GPU machine without norse/nir)
         with open(Path(args.load_case) / f"{name}.pkl", "rb") as handle:
@@ -113,7 +113,8 @@ def bench_network(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
     emulator = EmulatorBackend(device=args.device, batch_size=args.batch_size, progress=False)
     stream = _stream(images, args.emulator_samples)
-    emulator.run_loihi(lg, stream[:, : args.batch_size])  # warm-up (allocations, CUDA context)
+    warm = args.batch_size or auto_batch_size(lg, torch.device(args.device))
+    emulator.run_loihi(lg, stream[:, :warm])  # warm-up (allocations, CUDA context)
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
     rounds_s = []  # the fastest of several rounds: other processes' load only ever adds time
@@ -127,7 +128,7 @@ def bench_network(name: str, args: argparse.Namespace) -> dict[str, Any]:
     result["emulator"] = {
         "device": args.device,
         "samples": args.emulator_samples,
-        "batch_size": args.batch_size,
+        "batch_size": emulator.last_batch_size,
         "seconds": emu_seconds,
         "rounds_seconds": rounds_s,
         "threads": torch.get_num_threads() if args.device.startswith("cuda") else emulator.last_threads,
@@ -219,7 +220,12 @@ def main(argv: list[str] | None = None) -> int:
         help="CIFAR-10 location (default: ../shared)",
     )
     parser.add_argument("--device", default="cpu", help="emulator device (cpu or cuda)")
-    parser.add_argument("--batch-size", type=int, default=256, help="emulator batch size")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="emulator chunk size (default: the emulator's own choice)",
+    )
     parser.add_argument("--emulator-samples", type=int, default=1000)
     parser.add_argument("--lava-samples", type=int, default=50)
     parser.add_argument(

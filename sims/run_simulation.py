@@ -36,7 +36,9 @@ from lasnn.errors import LasnnError
 from lasnn.export.graph import Graph, Input, Neuron, Output
 
 BACKENDS = ("lava", "emulator", "float")
-DEFAULT_BATCH = {"lava": 100, "emulator": 256, "float": 256}  # lava: samples per Lava run (one read-back)
+# samples per backend call (the progress bar's step); lava: per Lava run (one read-back); the emulator
+# splits its calls into cache-sized chunks itself (lasnn.sims.emulator.auto_batch_size)
+DEFAULT_BATCH = {"lava": 100, "emulator": 1024, "float": 256}
 CALIBRATION_SAMPLES = 256  # training samples the quantiser calibrates its scales on
 OUTPUT_KEY = "output"  # key of the Output node's values in a --save-spikes file
 
