@@ -312,11 +312,12 @@ def host_currents(lg: LoihiGraph, stream: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def host_currents_torch(
-    lg: LoihiGraph, stream: torch.Tensor, device: torch.device
+    lg: LoihiGraph, stream: torch.Tensor, device: torch.device, as_float64: bool = False
 ) -> dict[str, torch.Tensor]:
     """``host_currents`` on a torch device: exact integer arithmetic (float64 convolutions of integers whose
     partial sums stay below 2**53, which the quantiser guarantees, are exact in any summation order), so the
-    result does not depend on device, batch size or library."""
+    result does not depend on device, batch size or library. ``as_float64``: the same integers left in
+    float64 (no int64 copy), for callers that compute in floating point."""
     inp = lg.input
     if inp.mode != "current":
         return {}
@@ -342,7 +343,8 @@ def host_currents_torch(
         # floor(x / 2**shift) is the arithmetic right shift
         offset = torch.as_tensor(hs.bias + (1 << (hs.shift - 1)), dtype=torch.float64, device=device)
         acc = acc.round_().reshape(xs.shape[0], batch, *lg.layers[hs.dst].shape).add_(offset)
-        a_in = acc.div_(2.0**hs.shift).floor_().to(torch.int64)
+        a_in = acc.div_(2.0**hs.shift).floor_()
+        a_in = a_in if as_float64 else a_in.to(torch.int64)
         a_in = a_in.expand(steps, *a_in.shape[1:]) if a_in.shape[0] != steps else a_in
         out[hs.dst] = a_in if hs.dst not in out else out[hs.dst] + a_in
     return out

@@ -387,7 +387,9 @@ class EmulatorBackend:
             and not any(hs.delay for hs in lg.input.host)
             and bool((x[1:] == x[:1]).all())
         )
-        host = host_currents_torch(lg, x[:1] if constant else x, dev)
+        # float64 host currents when every layer they feed runs the float32 path (saves an int64 copy)
+        float_host = all(c.fast[hs.dst] and not self.collect_stats for hs in lg.input.host)
+        host = host_currents_torch(lg, x[:1] if constant else x, dev, as_float64=float_host)
         if lg.input.mode == "current" and self.collect_stats:  # the host clips inputs beyond its range
             clipped = int(
                 (torch.round(x.to(torch.float64) * lg.input.in_scale).abs() > lg.input.in_max).sum()
