@@ -32,7 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--batch-size",
         type=int,
-        help="samples per backend call (lava: per Lava run; default 100 for lava, 256 otherwise)",
+        help="samples per backend call (lava: per Lava run; default 100 for lava, 1024 for the emulator, "
+        "which splits a call into cache-sized chunks itself, 256 for float)",
     )
     p.add_argument("--device", default="cpu", help="emulator device: cpu or cuda (default: cpu)")
     p.add_argument(
