@@ -36,6 +36,16 @@ NEURONS = ("lifbox", "cubalif")
 # Per-data-set defaults. digits: chosen to finish in about a minute each on a 2-core CPU (measured, see
 # bench/results/distill_digits.md); the others follow the CIFAR training recipes of the LaSNN family
 # (SGD, 200 epochs, batch 128, lr 0.1 cosine, ResNet-19 teacher).
+_CIFAR_DEFAULTS: dict[str, Any] = dict(
+    arch="resnet19",
+    teach_epochs=200,
+    student="resnet",
+    widths="128,256,512",
+    blocks=2,
+    distill_epochs=200,
+    batch_size=128,
+    timesteps=4,
+)
 DEFAULTS: dict[str, dict[str, Any]] = {
     "digits": dict(
         arch="small_cnn",
@@ -47,26 +57,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         batch_size=32,
         timesteps=4,
     ),
-    "cifar10": dict(
-        arch="resnet19",
-        teach_epochs=200,
-        student="resnet",
-        widths="128,256,512",
-        blocks=2,
-        distill_epochs=200,
-        batch_size=128,
-        timesteps=4,
-    ),
-    "cifar100": dict(
-        arch="resnet19",
-        teach_epochs=200,
-        student="resnet",
-        widths="128,256,512",
-        blocks=2,
-        distill_epochs=200,
-        batch_size=128,
-        timesteps=4,
-    ),
+    "cifar10": _CIFAR_DEFAULTS,
+    "cifar100": _CIFAR_DEFAULTS,
     "tinyimagenet": dict(
         arch="resnet18",
         teach_epochs=100,

@@ -94,12 +94,12 @@ class SpikingNeurons(nn.Module):
         # only steps of 1/128 (spikes, 0 or 1, are exact in any dtype); float64 stays float64
         if currents.dtype in (torch.float16, torch.bfloat16):
             currents = currents.float()
-        steps = currents.shape[0]
-        spikes, membranes = [], []
         if c.kind == "lifbox" and c.surrogate == "super":  # the same neuron, fused (see fused_lifbox)
             spikes_t, membrane = lifbox_sequence(currents, self.v_th, *self._fused_constants)
             self.membrane = membrane if self.record_membrane else None
             return spikes_t
+        steps = currents.shape[0]
+        spikes, membranes = [], []
         if c.kind == "lifbox":
             p = LIFBoxParameters(
                 tau_mem_inv=torch.as_tensor(c.tau_mem_inv),

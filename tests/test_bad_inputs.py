@@ -87,7 +87,7 @@ def art(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     """Valid artifacts and every bad file the catalogue uses, in one read-only-by-convention folder."""
     from lasnn.artifacts import save_checkpoint
     from lasnn.data import dataset_info
-    from lasnn.distill.checkpoints import save_student, save_teacher
+    from lasnn.distill.checkpoints import data_metadata, save_student, save_teacher
     from lasnn.distill.students import vgg_student
     from lasnn.distill.teachers import build_teacher
     from lasnn.export.commands import export_student
@@ -96,16 +96,7 @@ def art(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     d = tmp_path_factory.mktemp("catalogue")
     info = dataset_info("digits")
     torch.manual_seed(0)
-    common = dict(
-        dataset="digits",
-        data_root=None,
-        input_shape=list(info.input_shape),
-        num_classes=info.num_classes,
-        mean=list(info.mean),
-        std=list(info.std),
-        class_names=list(info.class_names),
-        seed=0,
-    )
+    common = data_metadata("digits", None, info, 0)
     teacher = build_teacher(
         dict(arch="small_cnn", in_shape=list(info.input_shape), num_classes=10, width=0.25)
     )

@@ -314,7 +314,7 @@ def test_one_pass_curve_equals_separate_runs() -> None:
 
 def test_convert_teacher_writes_curve_and_converted_checkpoint(tmp_path) -> None:
     from lasnn.data import dataset_info, load_dataset
-    from lasnn.distill.checkpoints import load_student, save_teacher
+    from lasnn.distill.checkpoints import data_metadata, load_student, save_teacher
     from lasnn.distill.conversion_commands import _stack, convert_teacher, parse_timesteps, subset_indices
     from lasnn.distill.teachers import build_teacher
 
@@ -322,16 +322,7 @@ def test_convert_teacher_writes_curve_and_converted_checkpoint(tmp_path) -> None
     config = dict(arch="small_cnn", in_shape=list(info.input_shape), num_classes=info.num_classes, width=0.25)
     torch.manual_seed(0)
     teacher = _randomise_norms(build_teacher(config))
-    meta = dict(
-        dataset="digits",
-        data_root=None,
-        input_shape=list(info.input_shape),
-        num_classes=info.num_classes,
-        mean=list(info.mean),
-        std=list(info.std),
-        seed=0,
-    )
-    save_teacher(tmp_path / "t" / "teacher.pt", teacher, config, meta)
+    save_teacher(tmp_path / "t" / "teacher.pt", teacher, config, data_metadata("digits", None, info, 0))
     metrics = convert_teacher(
         tmp_path / "t",
         "4,1,2",

@@ -33,24 +33,14 @@ def _lasnn() -> list[str]:
 def teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A digits teacher checkpoint (random weights: distillation only needs a valid, fixed teacher)."""
     from lasnn.data import dataset_info
-    from lasnn.distill.checkpoints import save_teacher
+    from lasnn.distill.checkpoints import data_metadata, save_teacher
     from lasnn.distill.teachers import build_teacher
 
     info = dataset_info("digits")
     torch.manual_seed(0)
     model = build_teacher(dict(arch="small_cnn", in_shape=list(info.input_shape), num_classes=10, width=0.25))
     path = tmp_path_factory.mktemp("kill-resume") / "teacher.pt"
-    metadata = dict(
-        dataset="digits",
-        data_root=None,
-        input_shape=list(info.input_shape),
-        num_classes=info.num_classes,
-        mean=list(info.mean),
-        std=list(info.std),
-        class_names=list(info.class_names),
-        seed=0,
-    )
-    save_teacher(path, model, model.config, metadata)
+    save_teacher(path, model, model.config, data_metadata("digits", None, info, 0))
     return path
 
 
