@@ -1,39 +1,47 @@
-"""Energy and latency per inference from counted activity, with per-operation costs kept as data.
+"""Energy and latency per inference from counted activity, with every cost model kept as a data file.
 
-A *cost model* is a plain dict (JSON-serialisable) naming a target and its per-operation constants, each
-``{"value", "unit", "source"}``, so a report can print where every number comes from and a user can add a
-chip by writing a JSON file of the same shape (``load_model("my_chip.json")``). Two models are built in:
+Every figure this module returns is **modelled**, never measured: counted activity (``lasnn.hardware.
+activity``, ``count_macs``) times per-event costs from a published source. The models live side by side in
+``hardware/energy_models/*.json`` (one file each; a user adds a chip by writing a file of the same shape and
+passing its path). Each file names its ``constants`` (``{"value", "unit", "source", "checked"}``: where the
+number comes from and whether it was checked against that source) and its ``charges``: for every countable
+event, how many of which constants it costs. One engine prices every model, so the models differ only in
+their data:
 
-- ``loihi``: Intel Loihi (14 nm), Davies et al., "Loihi: A Neuromorphic Manycore Processor with On-Chip
-  Learning", IEEE Micro 38(1):82-99, 2018, Table 2. These figures are *pre-silicon* (SDF/SPICE
-  simulation at 0.75 V) and the synaptic-op energy is a minimum, so the totals are lower bounds.
-- ``cmos45``: 45 nm CMOS arithmetic, Horowitz, "Computing's energy problem (and what we can do about
-  it)", ISSCC 2014: an SNN synaptic op as a 32-bit float add (accumulate, AC), an ANN/graded-input
-  operation as a 32-bit float multiply-accumulate (MAC). The common SNN-vs-ANN comparison; memory access
-  is left out on both sides.
+- ``loihi``: Intel Loihi 1 activity model (Davies et al., IEEE Micro 2018, Table 2);
+- ``compute_fp32`` / ``compute_int8``: arithmetic only at matched precision (Horowitz, ISSCC 2014);
+- ``memory``: operations plus SRAM reads/writes of inputs, weights, potentials and outputs for both
+  networks (the structure of Lemaire et al., ICONIP 2022; SRAM costs of Horowitz 2014, 8 KB / 32 KB / 1 MB
+  selectable as ``memory@8KB`` etc.);
+- ``eyeriss``: a data-flow accelerator lower bound for the ANN (Chen et al., ISCA 2016 relative costs).
 
-No Loihi 2 model: Intel publishes Loihi 2 speed-up factors over Loihi (technology brief "Taking
-Neuromorphic Computing to the Next Level with Loihi 2", 2021) but no per-operation energy, and this module
-will not invent one.
+(``cmos45``, the name of the fp32 model before, still loads it.)
 
-Energy of an SNN inference (per layer, summed; counts from ``lasnn.hardware.activity``)::
+Events and the counts they are charged on, per inference:
 
-    E = ac_ops * E_synop + macs * E_graded + spikes * E_neuron_active
-        + (neuron_updates - spikes) * E_neuron_inactive + spikes * E_spike
+- SNN, per layer: ``synop`` (accumulate per spike per synapse: ``synaptic_ops - macs``), ``graded``
+  (multiply-accumulates of a graded input computed on the chip), ``neuron_active`` (updates in which the
+  neuron fires = spikes), ``neuron_inactive`` (the other updates), ``spike`` (spikes);
+- host: ``mac``: a direct-encoded (analog) first layer. lasnn computes it on the host, once per inference
+  when the input is the same at every step. ``first_layer`` chooses how it is charged: ``"host"`` (default)
+  as host MACs under the model's ``host.mac`` charge, shown as its own line; ``"chip"`` as the old count,
+  every step's graded ops on the chip (``graded``); ``"none"`` not at all;
+- ANN, per layer: ``mac``, ``weight`` (weights, each fetched once), ``input`` (input activation elements),
+  ``output`` (output elements).
 
-("active" neuron update = an update in which the neuron fires; Table 2 gives no sharper definition).
-Energy of an ANN inference: ``MACs * E_mac`` (``count_macs`` counts them with forward hooks).
+``E = sum over events of count x sum_k (multiplier_k x constant_k)``; models with a ``time`` section also
+give latency (below), and a model constant ``static_power`` (W), where one exists, adds
+``static_power x latency``. No built-in model has one: no published static-power figure was checked.
 
 Latency on the chip (``latency``): all cores work in parallel within a time step and then synchronise
-with a mesh-wide barrier, so one step takes the slowest core's work plus the barrier (Davies et al. 2018:
-the cores synchronise with a barrier at the end of every algorithmic time step; Table 2 gives its time).
+with a mesh-wide barrier, so one step takes the slowest core's work plus the barrier (Davies et al. 2018).
 Work is spread evenly over a layer's cores and over the T steps (run.json holds per-inference totals)::
 
     t_step = max_layer [ (ops_L * t_synop + spikes_L * (t_active + t_spike)
                           + (updates_L - spikes_L) * t_inactive) / (T * cores_L) ] + t_barrier(tiles)
     latency = (T + L) * t_step      (L stages: each synapse stage delays its output by one step)
 
-Written by hand: no library turns counted SNN activity into Loihi energy and latency.
+Written by hand: no library turns counted SNN and ANN activity into energy under several cited models.
 """
 
 from __future__ import annotations
@@ -50,142 +58,85 @@ from torch import nn
 
 from lasnn.errors import LasnnError
 
-DAVIES_2018 = (
-    "Davies et al., 'Loihi: A Neuromorphic Manycore Processor with On-Chip Learning', IEEE Micro "
-    "38(1):82-99, 2018, Table 2 (pre-silicon, 0.75 V)"
-)
-HOROWITZ_2014 = (
-    "Horowitz, 'Computing's energy problem (and what we can do about it)', ISSCC 2014, 45 nm, 0.9 V"
-)
-
-
-def _c(value: float, unit: str, source: str) -> dict[str, Any]:
-    return {"value": value, "unit": unit, "source": source}
-
-
-BUILTIN_MODELS: dict[str, dict[str, Any]] = {
-    "loihi": {
-        "name": "loihi",
-        "title": "Intel Loihi (14 nm), per-operation figures of Davies et al. 2018",
-        "note": "Pre-silicon figures; the synaptic-op energy is the table's minimum, so energies are lower "
-        "bounds. Spike routing beyond the source tile (3.0-4.0 pJ per tile hop) depends on core placement "
-        "and is not counted. Graded (analog) first-layer input is charged one synaptic op per synapse "
-        "(Loihi 2 graded spikes; Loihi itself has none). Lava simulates Loihi 2 fixed point; these are "
-        "Loihi (1) costs, since no per-operation Loihi 2 figures are published. Cores are assigned by neuron "
-        "count only (1,024 per core); synapse-memory limits would add cores, so times per step are upper "
-        "bounds. Synaptic (learning) updates, 120 pJ in Table 2, do not occur in inference.",
-        "energy": {
-            "synop": _c(23.6e-12, "J", DAVIES_2018 + ": energy per synaptic spike op (min), 23.6 pJ"),
-            "graded": _c(
-                23.6e-12,
-                "J",
-                DAVIES_2018 + ": synaptic spike op, 23.6 pJ, charged per graded-"
-                "input synapse (assumption, see note)",
-            ),
-            "neuron_active": _c(81e-12, "J", DAVIES_2018 + ": energy per neuron update, active, 81 pJ"),
-            "neuron_inactive": _c(52e-12, "J", DAVIES_2018 + ": energy per neuron update, inactive, 52 pJ"),
-            "spike": _c(1.7e-12, "J", DAVIES_2018 + ": within-tile spike energy, 1.7 pJ"),
-            "tile_hop_ew": _c(
-                3.0e-12,
-                "J",
-                DAVIES_2018 + ": energy per tile hop, east-west, 3.0 pJ "
-                "(listed, not charged: needs placement)",
-            ),
-            "tile_hop_ns": _c(
-                4.0e-12,
-                "J",
-                DAVIES_2018 + ": energy per tile hop, north-south, 4.0 pJ "
-                "(listed, not charged: needs placement)",
-            ),
-        },
-        "time": {
-            "synop": _c(3.5e-9, "s", DAVIES_2018 + ": time per synaptic spike op (max), 3.5 ns"),
-            "neuron_active": _c(8.4e-9, "s", DAVIES_2018 + ": time per neuron update, active, 8.4 ns"),
-            "neuron_inactive": _c(5.3e-9, "s", DAVIES_2018 + ": time per neuron update, inactive, 5.3 ns"),
-            "spike": _c(2.1e-9, "s", DAVIES_2018 + ": within-tile spike latency, 2.1 ns"),
-            "barrier_1_tile": _c(113e-9, "s", DAVIES_2018 + ": mesh-wide barrier sync time, 1 tile, 113 ns"),
-            "barrier_32_tiles": _c(
-                465e-9,
-                "s",
-                DAVIES_2018 + ": mesh-wide barrier sync time, 32 tiles, "
-                "465 ns (linear in tiles in between: our assumption)",
-            ),
-        },
-        "limits": {
-            "neurons_per_core": _c(1024, "neurons", "Davies et al. 2018: 1,024 neural compartments per core"),
-            "cores_per_tile": _c(
-                4, "cores", "Davies et al. 2018: 128 cores in 32 tiles (4 per tile), one chip"
-            ),
-            "tiles": _c(32, "tiles", "Davies et al. 2018: 8 x 4 mesh of tiles per chip"),
-        },
-    },
-    "cmos45": {
-        "name": "cmos45",
-        "title": "45 nm CMOS arithmetic (Horowitz 2014): SNN as accumulates, ANN as MACs",
-        "note": "Arithmetic only: memory access and data movement are left out on both sides. A spiking "
-        "synaptic op is one 32-bit float add (the weight is added, nothing multiplied); a graded input or "
-        "ANN operation is one 32-bit float multiply-accumulate. A neuron update (leak multiply plus input "
-        "add) is charged one MAC: our decomposition, not a figure of the paper. No latency model.",
-        "energy": {
-            "synop": _c(0.9e-12, "J", HOROWITZ_2014 + ": 32-bit float add (AC), 0.9 pJ"),
-            "graded": _c(4.6e-12, "J", HOROWITZ_2014 + ": 32-bit float mult 3.7 pJ + add 0.9 pJ (MAC)"),
-            "neuron_active": _c(4.6e-12, "J", HOROWITZ_2014 + ": one 32-bit float MAC per neuron update"),
-            "neuron_inactive": _c(4.6e-12, "J", HOROWITZ_2014 + ": one 32-bit float MAC per neuron update"),
-            "spike": _c(0.0, "J", "no communication cost in an arithmetic-only model"),
-            "mac": _c(4.6e-12, "J", HOROWITZ_2014 + ": 32-bit float mult 3.7 pJ + add 0.9 pJ (MAC)"),
-        },
-    },
-}
-
-ENERGY_KEYS = ("synop", "graded", "neuron_active", "neuron_inactive", "spike")
+MODEL_DIR = Path(__file__).with_name("energy_models")
+BUILTIN_MODELS: tuple[str, ...] = ("loihi", "compute_fp32", "compute_int8", "memory", "eyeriss")
+ALIASES = {"cmos45": "compute_fp32"}
+SRAM_LEVELS = {"8KB": "sram_8kb", "32KB": "sram_32kb", "1MB": "sram_1mb"}
+SNN_EVENTS = ("synop", "graded", "neuron_active", "neuron_inactive", "spike")
+ANN_EVENTS = ("mac", "weight", "input", "output")
+FIRST_LAYER_MODES = ("host", "chip", "none")
 TIME_KEYS = ("synop", "neuron_active", "neuron_inactive", "spike", "barrier_1_tile", "barrier_32_tiles")
 LIMIT_KEYS = ("neurons_per_core", "cores_per_tile", "tiles")
+LABEL = "modelled"
 
 
 def load_model(spec: str | os.PathLike | dict) -> dict[str, Any]:
-    """A built-in model by name, a JSON file with the same structure, or an already loaded dict; checked.
-
-    Required: ``name``, ``energy`` with ``synop``, ``graded``, ``neuron_active``, ``neuron_inactive``,
-    ``spike`` (each ``{"value", "unit", "source"}``). Optional: ``mac`` (for ANN energy), ``time`` with
-    all of ``TIME_KEYS`` and ``limits`` with all of ``LIMIT_KEYS`` (both needed for latency).
-    """
+    """A built-in model by name (``memory@8KB`` picks an SRAM level), a JSON file of the same shape, or an
+    already loaded dict; checked, with every charge resolved to joules per event (``per_event``)."""
+    level = None
     if isinstance(spec, dict):
         model, where = copy.deepcopy(spec), f"energy model {spec.get('name', '?')!r}"
-    elif str(spec) in BUILTIN_MODELS:
-        return copy.deepcopy(BUILTIN_MODELS[str(spec)])
     else:
-        path = Path(spec)
-        if not path.is_file():
-            raise LasnnError(
-                f"Energy model {spec!s} is neither a built-in model "
-                f"({', '.join(BUILTIN_MODELS)}) nor an existing JSON file."
-            )
+        text = str(spec)
+        name, _, level = text.partition("@")
+        name = ALIASES.get(name, name)
+        if name in BUILTIN_MODELS:
+            path = MODEL_DIR / f"{name}.json"
+        else:
+            path, level = Path(text), None
+            if not path.is_file():
+                raise LasnnError(
+                    f"Energy model {text} is neither a built-in model ({', '.join(BUILTIN_MODELS)}) nor an "
+                    "existing JSON file."
+                )
         try:
             model = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise LasnnError(
-                f"Energy model file {path} is not valid JSON ({error}); expected an object "
-                "like the built-in models."
+                f"Energy model file {path} is not valid JSON ({error}); expected an object like "
+                f"{MODEL_DIR / 'loihi.json'}."
             ) from error
         where = f"energy model file {path}"
     if not isinstance(model, dict) or not isinstance(model.get("name"), str):
         raise LasnnError(
             f"The {where} has no string field 'name'; expected an object like the built-in models."
         )
-    _check_section(model, "energy", ENERGY_KEYS, where, required=True)
+    if level:
+        if level not in SRAM_LEVELS or "sram_level" not in model:
+            raise LasnnError(
+                f"Energy model {spec!s}: '@{level}' selects an SRAM level, which only models with "
+                f"'sram_level' take; expected one of {', '.join(SRAM_LEVELS)}."
+            )
+        model["sram_level"] = SRAM_LEVELS[level]
+        model["name"] = f"{model['name']}@{level}"
+    _check_constants(model, "constants", None, where)
+    charges = model.get("charges")
+    if not isinstance(charges, dict) or not charges:
+        raise LasnnError(f"The {where} lacks 'charges' (events -> {{constant: multiplier}}).")
+    per_event: dict[str, dict[str, float]] = {}
+    for side, events in (("snn", SNN_EVENTS), ("host", ("mac",)), ("ann", ANN_EVENTS)):
+        if side not in charges:
+            continue
+        table = charges[side]
+        missing = [e for e in events if e not in table]
+        if missing:
+            raise LasnnError(f"The {where} charges.{side} lacks the event(s) {', '.join(missing)}.")
+        per_event[side] = {e: _price(model, table[e], f"{where} charges.{side}.{e}") for e in events}
+    if "snn" in per_event and "host" not in per_event:
+        raise LasnnError(f"The {where} prices the SNN but has no charges.host.mac for a host-computed layer.")
+    model["per_event"] = per_event
+    model.setdefault("label", LABEL)
     if "time" in model or "limits" in model:
-        _check_section(model, "time", TIME_KEYS, where, required=True)
-        _check_section(model, "limits", LIMIT_KEYS, where, required=True)
+        _check_constants(model, "time", TIME_KEYS, where)
+        _check_constants(model, "limits", LIMIT_KEYS, where)
     return model
 
 
-def _check_section(model: dict, section: str, keys: tuple[str, ...], where: str, required: bool) -> None:
+def _check_constants(model: dict, section: str, keys: tuple[str, ...] | None, where: str) -> None:
     table = model.get(section)
     if not isinstance(table, dict):
-        if required:
-            raise LasnnError(f"The {where} lacks the section '{section}' with the keys {', '.join(keys)}.")
-        return
-    for key in keys:
+        raise LasnnError(f"The {where} lacks the section '{section}'.")
+    for key in keys if keys is not None else tuple(table):
         entry = table.get(key)
         if not isinstance(entry, dict) or not isinstance(entry.get("value"), int | float):
             raise LasnnError(
@@ -203,56 +154,114 @@ def _check_section(model: dict, section: str, keys: tuple[str, ...], where: str,
             )
 
 
+def _price(model: dict, charge: Any, where: str) -> float:
+    """Joules per event: sum of multiplier x constant (``sram`` stands for the model's ``sram_level``)."""
+    if not isinstance(charge, dict):
+        raise LasnnError(f"The {where} is {charge!r}; expected an object {{constant: multiplier}}.")
+    total = 0.0
+    for key, multiplier in charge.items():
+        name = model.get("sram_level") if key == "sram" else key
+        if name not in model["constants"]:
+            raise LasnnError(f"The {where} names the constant {key!r}, which the model does not define.")
+        if not isinstance(multiplier, int | float) or multiplier < 0:
+            raise LasnnError(
+                f"The {where} has multiplier {multiplier!r} for {key!r}; expected a number >= 0."
+            )
+        total += float(multiplier) * float(model["constants"][name]["value"])
+    return total
+
+
 def _v(model: dict, section: str, key: str) -> float:
     return float(model[section][key]["value"])
 
 
-def _layer_counts(layer: dict) -> dict[str, float]:
+def covers(model: dict, side: str) -> bool:
+    """Whether ``model`` prices ``side`` (``"snn"`` or ``"ann"``)."""
+    return side in model["per_event"]
+
+
+def snn_counts(layer: dict, timesteps: int | None = None, constant_input: bool = False) -> dict[str, float]:
+    """The SNN events of one run.json layer. ``macs`` there are every step's graded-input ops; the host
+    computes a constant (direct-encoded) input's layer once, so its host MACs are ``macs / T`` then."""
     ops = float(layer["synaptic_ops"])
     macs = float(layer.get("macs", 0.0))
     spikes = float(layer["spikes"])
     updates = float(layer["neuron_updates"])
+    host = macs / timesteps if constant_input and timesteps else macs
     return {
-        "ac_ops": ops - macs,
-        "macs": macs,
-        "spikes": spikes,
-        "active_updates": spikes,
-        "inactive_updates": max(updates - spikes, 0.0),
+        "synop": ops - macs,
+        "graded": macs,
+        "host_mac": host,
+        "neuron_active": spikes,
+        "neuron_inactive": max(updates - spikes, 0.0),
+        "spike": spikes,
     }
 
 
-def snn_energy(layers: list[dict], model: dict) -> dict[str, Any]:
-    """Energy per inference (joules) per layer and in total, by the formula in the module docstring.
+def snn_energy(
+    layers: list[dict],
+    model: dict,
+    timesteps: int | None = None,
+    constant_input: bool = False,
+    first_layer: str = "host",
+) -> dict[str, Any]:
+    """Energy per inference (J, modelled) per layer and in total; the host's share is its own line.
 
-    Every per-layer figure is ``count x constant``; the totals are the sums of the per-layer figures.
-    """
-    e = {key: _v(model, "energy", key) for key in ENERGY_KEYS}
+    ``first_layer``: ``host`` (graded-input MACs charged as host MACs, once per inference for a constant
+    input), ``chip`` (as on-chip graded ops every step) or ``none``."""
+    if first_layer not in FIRST_LAYER_MODES:
+        raise LasnnError(
+            f"first layer mode {first_layer!r} is unknown; expected one of {', '.join(FIRST_LAYER_MODES)}."
+        )
+    if not covers(model, "snn"):
+        raise LasnnError(
+            f"Energy model {model['name']!r} does not price an SNN (it covers "
+            f"{', '.join(model['per_event'])}); use loihi, compute_fp32, compute_int8 or memory."
+        )
+    e, host_mac = model["per_event"]["snn"], model["per_event"]["host"]["mac"]
     rows = []
     for layer in layers:
-        n = _layer_counts(layer)
-        synaptic = n["ac_ops"] * e["synop"] + n["macs"] * e["graded"]
-        neuron = n["active_updates"] * e["neuron_active"] + n["inactive_updates"] * e["neuron_inactive"]
-        spike = n["spikes"] * e["spike"]
+        n = snn_counts(layer, timesteps, constant_input)
+        graded = n["graded"] if first_layer == "chip" else 0.0
+        host_macs = n["host_mac"] if first_layer == "host" else 0.0
+        synaptic = n["synop"] * e["synop"] + graded * e["graded"]
+        neuron = n["neuron_active"] * e["neuron_active"] + n["neuron_inactive"] * e["neuron_inactive"]
+        spike = n["spike"] * e["spike"]
+        host = host_macs * host_mac
         rows.append(
             {
                 "name": layer["name"],
-                **n,
+                "ac_ops": n["synop"],
+                "macs": graded,
+                "host_macs": host_macs,
+                "spikes": n["spike"],
+                "active_updates": n["neuron_active"],
+                "inactive_updates": n["neuron_inactive"],
                 "synaptic_energy": synaptic,
                 "neuron_energy": neuron,
                 "spike_energy": spike,
-                "energy": synaptic + neuron + spike,
+                "chip_energy": synaptic + neuron + spike,
+                "host_energy": host,
+                "energy": synaptic + neuron + spike + host,
             }
         )
-    totals = {
-        key: sum(r[key] for r in rows)
-        for key in ("synaptic_energy", "neuron_energy", "spike_energy", "energy", "ac_ops", "macs", "spikes")
-    }
+    keys = ("synaptic_energy", "neuron_energy", "spike_energy", "chip_energy", "host_energy", "energy")
+    keys += ("ac_ops", "macs", "host_macs", "spikes")
+    totals = {key: sum(r[key] for r in rows) for key in keys}
     return {
         "model": model["name"],
+        "label": LABEL,
+        "first_layer": first_layer,
         "layers": rows,
         "total": totals,
-        "constants": {k: model["energy"][k] for k in ENERGY_KEYS},
+        "per_event": dict(e, host_mac=host_mac),
     }
+
+
+def static_energy(model: dict, latency_s: float) -> float:
+    """``static_power x latency`` when the model carries a ``static_power`` constant (W), else 0."""
+    entry = model["constants"].get("static_power")
+    return float(entry["value"]) * latency_s if entry else 0.0
 
 
 def barrier_time(model: dict, tiles: int) -> float:
@@ -285,12 +294,12 @@ def latency(layers: list[dict], timesteps: int, model: dict, cores: dict[str, in
     per_core = int(_v(model, "limits", "neurons_per_core"))
     rows = []
     for layer in layers:
-        n = _layer_counts(layer)
+        n = snn_counts(layer)
         c = int((cores or {}).get(layer["name"]) or math.ceil(int(layer["neurons"]) / per_core))
         work = (
-            (n["ac_ops"] + n["macs"]) * t["synop"]
-            + n["spikes"] * (t["neuron_active"] + t["spike"])
-            + n["inactive_updates"] * t["neuron_inactive"]
+            (n["synop"] + n["graded"]) * t["synop"]
+            + n["spike"] * (t["neuron_active"] + t["spike"])
+            + n["neuron_inactive"] * t["neuron_inactive"]
         )
         rows.append({"name": layer["name"], "cores": c, "time_per_step": work / (timesteps * c)})
     total_cores = sum(r["cores"] for r in rows)
@@ -320,7 +329,8 @@ def count_macs(module: nn.Module, input_shape: tuple[int, ...]) -> dict[str, Any
 
     Counted with forward hooks on ``nn.Conv1d/2d/3d`` (output elements x in_channels/groups x kernel size)
     and ``nn.Linear`` (output elements x in_features); batch norm (foldable into the conv), activations
-    and pooling are not MACs and are left out.
+    and pooling are not MACs and are left out. Each layer also gives its ``weight``, ``input`` and
+    ``output`` element counts (the memory-inclusive and data-flow models charge them).
     """
     rows: list[dict[str, Any]] = []
 
@@ -329,7 +339,16 @@ def count_macs(module: nn.Module, input_shape: tuple[int, ...]) -> dict[str, Any
             macs = output.numel() * mod.in_features
         else:
             macs = output.numel() * (mod.in_channels // mod.groups) * math.prod(mod.kernel_size)
-        rows.append({"name": name, "type": type(mod).__name__, "macs": int(macs)})
+        rows.append(
+            {
+                "name": name,
+                "type": type(mod).__name__,
+                "macs": int(macs),
+                "weight": int(mod.weight.numel()),
+                "input": int(_inputs[0][0].numel()),
+                "output": int(output.numel()),
+            }
+        )
 
     handles = [
         m.register_forward_hook(lambda mod, i, o, name=n: hook(mod, i, o, name))
@@ -350,17 +369,35 @@ def count_macs(module: nn.Module, input_shape: tuple[int, ...]) -> dict[str, Any
     return {"layers": rows, "macs": sum(r["macs"] for r in rows)}
 
 
-def ann_energy(macs: float, model: dict) -> dict[str, Any]:
-    """Energy of an ANN inference: ``macs * E_mac`` of the model (e.g. ``cmos45``)."""
-    if "mac" not in model.get("energy", {}):
+def ann_energy(counted: dict | float, model: dict) -> dict[str, Any]:
+    """Energy of an ANN inference (J, modelled): ``count_macs``'s per-layer MACs, weights, inputs and
+    outputs times the model's ANN charges (a bare number is read as MACs only)."""
+    if not covers(model, "ann"):
         raise LasnnError(
-            f"Energy model {model['name']!r} has no 'energy.mac' constant, so it cannot price "
-            "an ANN; use 'cmos45' or add one."
+            f"Energy model {model['name']!r} does not price an ANN; use one of compute_fp32, compute_int8, "
+            "memory, eyeriss or add charges.ann to it."
         )
-    e_mac = _v(model, "energy", "mac")
+    e = model["per_event"]["ann"]
+    layers = counted["layers"] if isinstance(counted, dict) else [{"name": "all", "macs": float(counted)}]
+    rows = []
+    for layer in layers:
+        parts = {
+            event: float(layer.get(event if event != "mac" else "macs", 0.0)) * e[event]
+            for event in ANN_EVENTS
+        }
+        rows.append(
+            {
+                "name": layer["name"],
+                **{f"{k}_energy": v for k, v in parts.items()},
+                "energy": sum(parts.values()),
+            }
+        )
+    macs = sum(float(layer.get("macs", 0.0)) for layer in layers)
     return {
         "model": model["name"],
-        "macs": float(macs),
-        "energy": float(macs) * e_mac,
-        "constants": {"mac": model["energy"]["mac"]},
+        "label": LABEL,
+        "macs": macs,
+        "layers": rows,
+        "energy": sum(r["energy"] for r in rows),
+        "per_event": dict(e),
     }

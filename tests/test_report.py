@@ -114,13 +114,16 @@ def test_report_files_and_totals_recomputed(report_dir):
     assert [r["label"] for r in report["runs"]] == ["LaSNN student", "converted SNN"]
     for run in report["runs"]:
         for name, model in report["energy_models"].items():
-            c = {k: v["value"] for k, v in model["energy"].items()}
+            if "snn" not in model["per_event"]:
+                assert name not in run["energy"]
+                continue
+            c, host = model["per_event"]["snn"], model["per_event"]["host"]["mac"]
             expected = 0.0
-            for layer in run["layers"]:  # the formula written out, constants read back from report.json
+            for layer in run["layers"]:  # the formula written out, costs read back from report.json
                 ac = layer["synaptic_ops"] - layer["macs"]
                 expected += (
                     ac * c["synop"]
-                    + layer["macs"] * c["graded"]
+                    + layer["macs"] / run["timesteps"] * host  # direct input: host MACs once per inference
                     + layer["spikes"] * c["neuron_active"]
                     + (layer["neuron_updates"] - layer["spikes"]) * c["neuron_inactive"]
                     + layer["spikes"] * c["spike"]
@@ -132,8 +135,8 @@ def test_report_files_and_totals_recomputed(report_dir):
         assert lat["latency"] == pytest.approx(lat["steps"] * lat["time_per_step"])
         assert lat["steps"] == run["timesteps"] + len(run["layers"])
     # the loihi constants carry their source
-    assert "Davies" in report["energy_models"]["loihi"]["energy"]["synop"]["source"]
-    assert "Horowitz" in report["energy_models"]["cmos45"]["energy"]["synop"]["source"]
+    assert "Davies" in report["energy_models"]["loihi"]["constants"]["synop"]["source"]
+    assert "Horowitz" in report["energy_models"]["compute_fp32"]["constants"]["fp32_add"]["source"]
     md = (out / "report.md").read_text()
     assert "latency" in md.lower() and "t_step" in md and "LaSNN student" in md
 
@@ -220,7 +223,9 @@ def test_teacher_energy_from_macs(tmp_path):
     result = make_report([run], tmp_path / "rep", teacher=tmp_path)
     teacher = result["report"]["teacher"]
     assert teacher["macs"] == macs and teacher["accuracy"] == 0.97
-    assert teacher["energy"]["cmos45"] == pytest.approx(macs * 4.6e-12)
+    assert teacher["energy"]["compute_fp32"] == pytest.approx(macs * 4.6e-12)
+    assert teacher["energy"]["compute_int8"] == pytest.approx(macs * 0.23e-12)
+    assert "loihi" not in teacher["energy"]  # the Loihi model prices SNNs only
     assert (tmp_path / "rep" / "accuracy_energy.png").is_file()
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from lasnn.hardware.energy import BUILTIN_MODELS
+from lasnn.hardware.energy import BUILTIN_MODELS, FIRST_LAYER_MODES
 from lasnn.reports.report import DEFAULT_MODELS, make_report, summary_rows
 
 
@@ -23,10 +23,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--energy-model",
         action="append",
         dest="energy_models",
-        help=f"cost model: {', '.join(BUILTIN_MODELS)} or a JSON file of the same shape "
-        f"(repeatable; default {' and '.join(DEFAULT_MODELS)})",
+        help=f"cost model (modelled, cited): {', '.join(BUILTIN_MODELS)} (memory@8KB / memory@1MB pick "
+        "another SRAM) or a JSON file of the same shape (repeatable; default: all built-in models; each "
+        "prices the SNN, the teacher ANN or both)",
     )
-    p.add_argument("--ann-model", default="cmos45", help="cost model for the teacher's MACs (default cmos45)")
+    p.add_argument(
+        "--first-layer",
+        choices=FIRST_LAYER_MODES,
+        default="host",
+        help="how a direct-encoded first layer is charged: host (its MACs on the host, once per inference, "
+        "under each model's host MAC cost; its own line), chip (as graded synaptic ops every step, the old "
+        "count) or none (default host)",
+    )
     p.add_argument("-o", "--out", required=True, help="report folder")
     p.set_defaults(func=run)
 
@@ -38,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         teacher=args.teacher,
         labels=args.label,
         energy_models=args.energy_models or DEFAULT_MODELS,
-        ann_model=args.ann_model,
+        first_layer=args.first_layer,
     )
     header, rows = summary_rows(result["report"])
     print(format_table(header, rows))

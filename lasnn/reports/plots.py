@@ -62,28 +62,37 @@ def layer_activity_plot(run: dict) -> bytes:
 def energy_plot(report: dict) -> bytes:
     """Energy per inference of every run, one panel per cost model, stacked by term; the teacher ANN (MACs)
     in the panel of its own cost model."""
-    models = list(report["energy_models"])
     teacher = report.get("teacher")
-    colors = {"synaptic": "#1b9e77", "neuron": "#7570b3", "spike": "#d95f02", "MAC": "#666666"}
+    models = [  # a panel per model that prices something shown
+        m
+        for m in report["energy_models"]
+        if any(m in r["energy"] for r in report["runs"]) or (teacher and m in teacher["energy"])
+    ]
+    colors = {
+        "synaptic": "#1b9e77",
+        "neuron": "#7570b3",
+        "spike": "#d95f02",
+        "host (first layer)": "#e6ab02",
+        "ANN": "#666666",
+    }
     rows = len(report["runs"]) + (1 if teacher else 0)
     fig = Figure(figsize=(10.0, 1.2 + 0.5 * rows * len(models) + 0.8 * len(models)), layout="constrained")
     axes = fig.subplots(len(models), 1, squeeze=False)[:, 0]
     for ax, model in zip(axes, models, strict=True):
         bars: list[tuple[str, dict[str, float]]] = []
         for run in report["runs"]:
+            if model not in run["energy"]:
+                continue
             e = run["energy"][model]
-            bars.append(
-                (
-                    run["label"],
-                    {
-                        "synaptic": e["synaptic_energy"],
-                        "neuron": e["neuron_energy"],
-                        "spike": e["spike_energy"],
-                    },
-                )
-            )
+            parts = {
+                "synaptic": e["synaptic_energy"],
+                "neuron": e["neuron_energy"],
+                "spike": e["spike_energy"],
+            }
+            parts["host (first layer)"] = e.get("host_energy", 0.0)
+            bars.append((run["label"], parts))
         if teacher and model in teacher["energy"]:
-            bars.append((teacher["label"], {"MAC": teacher["energy"][model]}))
+            bars.append((teacher["label"], {"ANN": teacher["energy"][model]}))
         y = np.arange(len(bars))[::-1]
         left = np.zeros(len(bars))
         for term, color in colors.items():
@@ -94,8 +103,8 @@ def energy_plot(report: dict) -> bytes:
         for yi, total in zip(y, left, strict=True):
             ax.text(total, yi, f" {_joules(total * 1e-9)}", va="center", fontsize=8)
         ax.set_yticks(y, [name for name, _ in bars], fontsize=8)
-        ax.set_xlim(0, left.max() * 1.25 if left.max() > 0 else 1)
-        ax.set_xlabel("energy per inference (nJ)", fontsize=9)
+        ax.set_xlim(0, left.max() * 1.25 if left.size and left.max() > 0 else 1)
+        ax.set_xlabel("energy per inference (nJ, modelled)", fontsize=9)
         ax.set_title(f"cost model: {model}", fontsize=10)
         ax.legend(fontsize=8, loc="lower right")
         ax.grid(axis="x", alpha=0.3)
@@ -115,6 +124,8 @@ def accuracy_energy_plot(report: dict) -> bytes:
         if run.get("accuracy") is None:
             continue
         for j, model in enumerate(models):
+            if model not in run["energy"]:
+                continue
             ax.scatter(
                 run["energy"][model]["energy"] * 1e9,
                 100 * run["accuracy"],
@@ -138,7 +149,7 @@ def accuracy_energy_plot(report: dict) -> bytes:
     for j, model in enumerate(models):  # marker legend entries
         ax.scatter([], [], marker=markers[j % len(markers)], color="grey", label=f"cost model {model}")
     ax.set_xscale("log")
-    ax.set_xlabel("energy per inference (nJ, log scale)")
+    ax.set_xlabel("energy per inference (nJ, modelled, log scale)")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title("Accuracy vs energy per inference", fontsize=11)
     ax.grid(alpha=0.3, which="both")

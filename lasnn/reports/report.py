@@ -24,16 +24,27 @@ from typing import Any
 
 from lasnn.artifacts import check_writable, write_bytes, write_json
 from lasnn.errors import LasnnError
-from lasnn.hardware.energy import ann_energy, count_macs, latency, load_model, snn_energy
+from lasnn.hardware.energy import (
+    ann_energy,
+    count_macs,
+    covers,
+    latency,
+    load_model,
+    snn_energy,
+    static_energy,
+)
 from lasnn.reports import plots
 
 REPORT_FORMAT = "lasnn-report"
 REPORT_VERSION = 1
-DEFAULT_MODELS = ("loihi", "cmos45")
+DEFAULT_MODELS = ("loihi", "compute_fp32", "compute_int8", "memory", "eyeriss")
 LAYER_KEYS = ("name", "neurons", "spikes", "synaptic_ops", "neuron_updates")
 ENERGY_FORMULA = (
-    "E = sum over layers of [ (synaptic_ops - macs) * E_synop + macs * E_graded + spikes * E_neuron_active "
-    "+ (neuron_updates - spikes) * E_neuron_inactive + spikes * E_spike ]; ANN: E = MACs * E_mac"
+    "SNN: E = sum over layers of [ (synaptic_ops - macs) * e_synop + spikes * e_neuron_active "
+    "+ (neuron_updates - spikes) * e_neuron_inactive + spikes * e_spike ] + host MACs * e_host_mac "
+    "(first layer 'host'; 'chip': macs * e_graded instead); ANN: E = sum over layers of [ MACs * e_mac "
+    "+ weights * e_weight + inputs * e_input + outputs * e_output ]; each e = sum of multiplier x cited "
+    "constant (the model's charges); all figures modelled"
 )
 
 
@@ -76,15 +87,24 @@ def load_run(path: str | os.PathLike) -> dict[str, Any]:
     return run
 
 
-def summarise_run(run: dict, path: str | os.PathLike, label: str | None, models: list[dict]) -> dict:
-    """One run's per-layer counts, energy under every model and latency under every model with times."""
+def summarise_run(
+    run: dict, path: str | os.PathLike, label: str | None, models: list[dict], first_layer: str = "host"
+) -> dict:
+    """One run's per-layer counts, energy under every model that prices an SNN, and latency under every
+    model with times (plus static power x latency where a model has a static power)."""
     layers = [dict(layer) for layer in run["layers"]]
     label = label or run.get("label") or f"{Path(str(run.get('graph') or path)).stem} ({run['backend']})"
-    energy = {m["name"]: snn_energy(layers, m) for m in models}
+    constant = run.get("encoding") == "direct"  # the same image at every step: the host computes it once
+    snn_models = [m for m in models if covers(m, "snn")]
+    energy = {m["name"]: snn_energy(layers, m, run["timesteps"], constant, first_layer) for m in snn_models}
     for i, layer in enumerate(layers):
         layer["energy"] = {name: e["layers"][i]["energy"] for name, e in energy.items()}
     # Cores per layer from the model's own limits (a Loihi 2 resource estimate would not match Loihi times).
-    lat = {m["name"]: latency(layers, run["timesteps"], m) for m in models if "time" in m}
+    lat = {m["name"]: latency(layers, run["timesteps"], m) for m in snn_models if "time" in m}
+    for m in snn_models:
+        if m["name"] in lat and static_energy(m, 1.0) > 0:
+            energy[m["name"]]["total"]["static_energy"] = static_energy(m, lat[m["name"]]["latency"])
+            energy[m["name"]]["total"]["energy"] += energy[m["name"]]["total"]["static_energy"]
     return {
         "label": label,
         "path": str(path),
@@ -101,12 +121,14 @@ def summarise_run(run: dict, path: str | os.PathLike, label: str | None, models:
             for key in ("neurons", "spikes", "synaptic_ops", "macs", "neuron_updates")
         },
         "energy": {name: {**e["total"], "layers": e["layers"]} for name, e in energy.items()},
+        "first_layer": first_layer,
         "latency": lat,
     }
 
 
-def teacher_summary(path: str | os.PathLike, model: dict) -> dict:
-    """The teacher ANN: MACs (forward hooks), energy ``MACs x E_mac`` and its recorded test accuracy."""
+def teacher_summary(path: str | os.PathLike, models: list[dict]) -> dict:
+    """The teacher ANN: MACs, weights, inputs and outputs per layer (forward hooks), its energy under every
+    model that prices an ANN, and its recorded test accuracy."""
     from lasnn.distill.checkpoints import load_teacher, teacher_path_of
 
     file = teacher_path_of(path)
@@ -121,8 +143,7 @@ def teacher_summary(path: str | os.PathLike, model: dict) -> dict:
         "dataset": meta.get("dataset"),
         "macs": counted["macs"],
         "layers": counted["layers"],
-        "energy": {model["name"]: ann_energy(counted["macs"], model)["energy"]},
-        "energy_model": model["name"],
+        "energy": {m["name"]: ann_energy(counted, m)["energy"] for m in models if covers(m, "ann")},
     }
 
 
@@ -146,7 +167,7 @@ def make_report(
     teacher: str | os.PathLike | None = None,
     labels: list[str] | None = None,
     energy_models: tuple[str, ...] | list[str] = DEFAULT_MODELS,
-    ann_model: str = "cmos45",
+    first_layer: str = "host",
 ) -> dict[str, Any]:
     """Build and write the report folder; returns ``{"report": dict, "files": {kind: path}}``."""
     if not run_paths:
@@ -157,9 +178,10 @@ def make_report(
         )
     models = [load_model(m) for m in energy_models]
     runs = [
-        summarise_run(load_run(p), p, labels[i] if labels else None, models) for i, p in enumerate(run_paths)
+        summarise_run(load_run(p), p, labels[i] if labels else None, models, first_layer)
+        for i, p in enumerate(run_paths)
     ]
-    teacher_info = teacher_summary(teacher, load_model(ann_model)) if teacher else None
+    teacher_info = teacher_summary(teacher, models) if teacher else None
     report = build_report(runs, teacher_info, models)
     out = Path(out)
     check_writable(out, directory=True)
@@ -241,7 +263,7 @@ def summary_rows(report: dict) -> tuple[list[str], list[list[str]]]:
             fmt_count(run["totals"]["spikes"]),
             fmt_count(run["totals"]["synaptic_ops"]),
         ]
-        row += [fmt_energy(run["energy"][n]["energy"]) for n in names]
+        row += [fmt_energy(run["energy"][n]["energy"]) if n in run["energy"] else "-" for n in names]
         row += [fmt_time(run["latency"][n]["latency"]) if n in run["latency"] else "-" for n in lat_models]
         rows.append(row)
     teacher = report.get("teacher")
@@ -259,6 +281,10 @@ def summary_rows(report: dict) -> tuple[list[str], list[list[str]]]:
         row += ["-" for _ in lat_models]
         rows.append(row)
     return header, rows
+
+
+def _teacher_energies(teacher: dict) -> str:
+    return ", ".join(f"{fmt_energy(v)} under {k}" for k, v in teacher["energy"].items())
 
 
 def _layer_rows(run: dict) -> tuple[list[str], list[list[str]]]:
@@ -286,7 +312,7 @@ def _layer_rows(run: dict) -> tuple[list[str], list[list[str]]]:
             fmt_count(layer.get("macs", 0.0)),
             fmt_count(layer["neuron_updates"]),
         ]
-        row += [fmt_energy(layer["energy"][n]) for n in names]
+        row += [fmt_energy(layer["energy"].get(n)) for n in names]
         rows.append(row)
     return header, rows
 
@@ -294,10 +320,18 @@ def _layer_rows(run: dict) -> tuple[list[str], list[list[str]]]:
 def _constant_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     rows = []
     for name, model in report["energy_models"].items():
-        for section in ("energy", "time", "limits"):
+        for section in ("constants", "time", "limits"):
             for key, c in model.get(section, {}).items():
-                rows.append([name, f"{section}.{key}", f"{c['value']:g} {c['unit']}", c["source"]])
-    return ["model", "constant", "value", "source"], rows
+                rows.append(
+                    [
+                        name,
+                        f"{section}.{key}",
+                        f"{c['value']:g} {c['unit']}",
+                        c["source"],
+                        c.get("checked", ""),
+                    ]
+                )
+    return ["model", "constant", "value", "source", "checked"], rows
 
 
 def _latency_lines(run: dict) -> list[str]:
@@ -342,7 +376,7 @@ def render_markdown(report: dict) -> str:
             "## Teacher ANN",
             "",
             f"{teacher['path']} ({teacher.get('arch')}): {fmt_count(teacher['macs'])} MACs per inference, "
-            f"{fmt_energy(teacher['energy'][teacher['energy_model']])} under {teacher['energy_model']}; "
+            f"{_teacher_energies(teacher)} (modelled); "
             f"test accuracy {fmt_accuracy(teacher.get('accuracy'))}",
             "",
         ]
@@ -418,8 +452,8 @@ def render_html(report: dict, images: dict[str, bytes]) -> str:
         out += [
             "<h2>Teacher ANN</h2>",
             f"<p>{e(teacher['path'])} ({e(str(teacher.get('arch')))}): {e(fmt_count(teacher['macs']))} MACs "
-            f"per inference, {e(fmt_energy(teacher['energy'][teacher['energy_model']]))} under "
-            f"{e(teacher['energy_model'])}; test accuracy {e(fmt_accuracy(teacher.get('accuracy')))}</p>",
+            f"per inference, {e(_teacher_energies(teacher))} (modelled); test accuracy "
+            f"{e(fmt_accuracy(teacher.get('accuracy')))}</p>",
         ]
     out += ["<h2>Energy</h2>", _img(images, "energy.png", "energy per inference")]
     if "accuracy_energy.png" in images:
