@@ -24,6 +24,7 @@ warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", ca
 STAGE_COMMANDS = (
     "lasnn.distill.commands",  # teach, distill, convert
     "lasnn.export.commands",  # export
+    "lasnn.hardware.commands",  # compile
     "lasnn.sims.commands",  # simulate
     "lasnn.reports.commands",  # report
     "lasnn.demo",  # demo

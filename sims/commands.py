@@ -18,7 +18,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Run a NIR graph on a backend over the first N test samples of a data set (or "
         "pre-encoded inputs for foreign graphs) and write run.json with accuracy and per-layer activity.",
     )
-    p.add_argument("graph", help="the .nir graph (from lasnn export, or another framework's)")
+    p.add_argument(
+        "graph",
+        help="a compiled model (lasnn compile) or a .nir graph (from lasnn export, or another framework's), "
+        "which the integer backends compile on the fly by lasnn compile's rule",
+    )
     p.add_argument(
         "--backend",
         choices=BACKENDS,
@@ -41,6 +45,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--labels", help="integer labels .npy of shape (N,) for --inputs (to report accuracy)")
     p.add_argument("--timesteps", type=int, help="time steps T (default: the graph's)")
+    p.add_argument(
+        "--calibration",
+        help="for a .nir on lava/emulator: calibration inputs .npy (N, T, *input_shape), as lasnn compile",
+    )
+    p.add_argument(
+        "--input-mode",
+        choices=("spikes", "currents"),
+        help="for a .nir on lava/emulator: the input mode, as lasnn compile (default: from the graph)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the Poisson encoder (default: 0)")
     p.add_argument("-o", "--output", required=True, help="run record to write (run.json)")
     p.add_argument("--save-spikes", help="also write every layer's spike trains to this .npz")
@@ -66,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
         save_spikes=args.save_spikes,
         seed=args.seed,
         progress=not args.quiet,
+        calibration=args.calibration,
+        input_mode=args.input_mode,
     )
     summary = {k: record[k] for k in ("backend", "samples", "timesteps", "accuracy", "wall_seconds")}
     print(json.dumps(summary))

@@ -7,9 +7,10 @@ call exactly the same code:
    metadata unless given;
 2. take the first N test samples in the data set's fixed order (``lasnn.data.first_samples``), or a
    foreign graph's pre-encoded inputs from an ``.npy`` file ``(N, T, *input_shape)``;
-3. for the integer backends, quantise the graph once to Loihi fixed point (``lasnn.hardware.quantise``),
-   calibrated on training samples of the same data set (never on the samples being scored), so that the
-   Lava simulator and the emulator run the very same integer network;
+3. for the integer backends, run a compiled model (``lasnn compile``; ``lasnn.hardware.compiled_model``)
+   or compile the ``.nir`` on the fly by the same rule: calibrated on ``calibration`` if given, else on
+   training samples of the graph's data set, else static bounds; never on the samples being scored, so
+   that Lava, the emulator and every subset of samples run the very same integers;
 4. encode each sample (Poisson spikes from a generator seeded per sample, so every backend and every
    batch size sees the same spikes), run the backend batch by batch under a progress bar over samples,
    and accumulate top-1 accuracy and per-layer activity (``lasnn.hardware.activity.layer_activity``);
@@ -20,6 +21,7 @@ call exactly the same code:
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import time
@@ -31,15 +33,15 @@ import torch
 from tqdm import tqdm
 
 from lasnn.artifacts import atomic_write, check_writable, write_json
-from lasnn.encoding import ENCODINGS, encode
+from lasnn.encoding import ENCODINGS
 from lasnn.errors import LasnnError
 from lasnn.export.graph import Graph, Input, Neuron, Output
+from lasnn.hardware.compiled_model import encode_samples
 
 BACKENDS = ("lava", "emulator", "float")
 # samples per backend call (the progress bar's step); lava: per Lava run (one read-back); the emulator
 # splits its calls into cache-sized chunks itself (lasnn.sims.emulator.auto_batch_size)
 DEFAULT_BATCH = {"lava": 100, "emulator": 1024, "float": 256}
-CALIBRATION_SAMPLES = 256  # training samples the quantiser calibrates its scales on
 OUTPUT_KEY = "output"  # key of the Output node's values in a --save-spikes file
 
 
@@ -82,41 +84,18 @@ def _graph_io(graph: Graph, path: str) -> tuple[str, tuple[int, ...], str, tuple
 
 def _load_inputs(path: str | os.PathLike, in_shape: tuple[int, ...], timesteps: int | None) -> np.ndarray:
     """Pre-encoded inputs ``(N, T, *input_shape)`` from an ``.npy`` file, checked against the graph."""
-    path = Path(path)
-    if not path.is_file():
-        raise LasnnError(
-            f"{path} does not exist; pass an .npy array of shape (N, T, *input_shape) with --inputs."
-        )
-    try:
-        array = np.load(path, allow_pickle=False)
-    except Exception as error:  # numpy raises ValueError/OSError/EOFError for bad files
-        raise LasnnError(
-            f"{path} is not a readable .npy array ({type(error).__name__}); pass an array of "
-            "shape (N, T, *input_shape) saved with numpy.save."
-        ) from error
-    if not isinstance(array, np.ndarray) or array.dtype.kind not in "biuf":
-        raise LasnnError(
-            f"{path} holds {getattr(array, 'dtype', type(array))} data; expected a numeric array "
-            "of shape (N, T, *input_shape)."
-        )
-    if array.ndim != 2 + len(in_shape) or tuple(array.shape[2:]) != in_shape:
-        raise LasnnError(
-            f"{path} has shape {array.shape}; the graph's input expects (N, T, "
-            f"{', '.join(map(str, in_shape))})."
-        )
-    if array.shape[0] == 0 or array.shape[1] == 0:
-        raise LasnnError(f"{path} has shape {array.shape}; it needs at least one sample and one time step.")
+    from lasnn.hardware.compiled_model import load_stream_file
+
+    array = load_stream_file(path, in_shape, "--inputs")
     if timesteps is not None and array.shape[1] != timesteps:
         raise LasnnError(
             f"{path} has {array.shape[1]} time steps but --timesteps {timesteps} was given; pass inputs "
             "with that many steps."
         )
-    if not np.isfinite(array).all():
-        raise LasnnError(f"{path} contains NaN or infinite values; inputs must be finite.")
     return array
 
 
-def _load_labels(path: str | os.PathLike, count: int) -> np.ndarray:
+def _load_labels(path: str | os.PathLike, count: int, classes: int) -> np.ndarray:
     path = Path(path)
     try:
         labels = np.load(path, allow_pickle=False)
@@ -129,6 +108,11 @@ def _load_labels(path: str | os.PathLike, count: int) -> np.ndarray:
         raise LasnnError(
             f"{path} has shape {labels.shape} and dtype {labels.dtype}; expected {count} integer "
             "labels, one per input sample."
+        )
+    if labels.size and (labels.min() < 0 or labels.max() >= classes):
+        raise LasnnError(
+            f"{path} holds labels in {labels.min()}..{labels.max()}, but the graph has {classes} outputs "
+            f"(classes 0..{classes - 1}); pass labels in that range."
         )
     return labels.astype(np.int64)
 
@@ -170,37 +154,6 @@ def _dataset_samples(
     return first_samples(dataset, samples)
 
 
-def _calibration_stream(
-    name: str | None,
-    data_root: str | None,
-    timesteps: int,
-    encoding: str | None,
-    inputs: np.ndarray | None,
-    seed: int,
-) -> np.ndarray:
-    """Encoded training samples ``[T, B, ...]`` for the quantiser (the scored samples for foreign inputs,
-    which come without a training split)."""
-    if inputs is not None:
-        return np.ascontiguousarray(np.moveaxis(inputs[:CALIBRATION_SAMPLES], 1, 0))
-    from lasnn.data import first_samples, load_dataset
-
-    dataset, _ = load_dataset(name, "train", data_root, augment=False)
-    images, _ = first_samples(dataset, CALIBRATION_SAMPLES)
-    return _encode(images, timesteps, encoding, seed + 1, 0)
-
-
-def _encode(images: torch.Tensor, timesteps: int, encoding: str, seed: int, first_index: int) -> np.ndarray:
-    """Encode ``[B, C, H, W]`` images to ``[T, B, ...]``; Poisson noise from one generator per sample
-    (seeded by ``seed`` and the sample's index) so results do not depend on batching or backend."""
-    if encoding != "poisson":
-        return encode(images, timesteps, encoding).numpy()
-    parts = []
-    for i in range(images.shape[0]):
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + first_index + i)
-        parts.append(encode(images[i : i + 1], timesteps, encoding, gen))
-    return torch.cat(parts, dim=1).numpy()
-
-
 def simulate(
     graph_path: str | os.PathLike,
     backend: str = "emulator",
@@ -216,11 +169,15 @@ def simulate(
     save_spikes: str | os.PathLike | None = None,
     seed: int = 0,
     progress: bool = True,
+    calibration: str | os.PathLike | np.ndarray | None = None,
+    input_mode: str | None = None,
 ) -> dict[str, Any]:
-    """Simulate the NIR graph at ``graph_path`` on ``backend`` and return (and write to ``out``) the run
-    record; see the module docstring. ``samples`` = the first N test samples (all when None)."""
+    """Simulate the NIR graph or compiled model (``lasnn compile``) at ``graph_path`` on ``backend`` and
+    return (and write to ``out``) the run record; see the module docstring. ``samples`` = the first N test
+    samples (all when None); ``calibration``/``input_mode``: how a ``.nir`` is compiled on the fly."""
     from lasnn.export.nir_io import read_nir
     from lasnn.hardware.activity import layer_activity
+    from lasnn.hardware.compiled_model import is_compiled_model, load_compiled
 
     started = time.perf_counter()
     if backend not in BACKENDS:
@@ -240,7 +197,23 @@ def simulate(
         if target is not None:
             check_writable(target)
     graph_path = str(graph_path)
-    graph = read_nir(graph_path)
+    compiled = load_compiled(graph_path) if is_compiled_model(graph_path) else None
+    if compiled is not None:
+        for flag, value in (("--calibration", calibration), ("--input-mode", input_mode)):
+            if value is not None:
+                raise LasnnError(
+                    f"{graph_path} is a compiled model, whose {flag} was fixed by lasnn compile; "
+                    "recompile the graph to change it."
+                )
+        if timesteps is not None and timesteps != compiled.timesteps:
+            raise LasnnError(
+                f"{graph_path} is compiled for T = {compiled.timesteps}, not --timesteps {timesteps}; "
+                "recompile it for that T."
+            )
+        timesteps = compiled.timesteps
+        graph = compiled.graph()
+    else:
+        graph = read_nir(graph_path)
     meta = graph.metadata
     in_name, in_shape, out_name, out_shape = _graph_io(graph, graph_path)
     names = [n for n, node in graph.nodes.items() if isinstance(node, Neuron)]
@@ -257,7 +230,7 @@ def simulate(
         data = _load_inputs(inputs, in_shape, timesteps)  # T: the inputs' own unless --timesteps is given
         steps = int(data.shape[1])
         if labels is not None:
-            label_array = _load_labels(labels, int(data.shape[0]))
+            label_array = _load_labels(labels, int(data.shape[0]), math.prod(out_shape))
         if samples is not None:
             data = data[:samples]
         count = int(data.shape[0])
@@ -297,10 +270,23 @@ def simulate(
     quant_report = None
     sim_graph: Any = graph
     if backend in ("lava", "emulator"):
-        from lasnn.hardware.quantise import quantise
+        if compiled is None:  # the rule of lasnn compile: never calibrated on the samples scored here
+            from lasnn.hardware.compiled_model import compile_graph
 
-        calib = _calibration_stream(dataset_name, data_root, steps, encoding, data, seed)
-        sim_graph, quant_report = quantise(graph, calib)
+            compiled = compile_graph(
+                graph_path,
+                calibration=calibration,
+                dataset=dataset_name,
+                data_root=data_root,
+                timesteps=steps,
+                input_mode=input_mode,
+            )
+        sim_graph, quant_report = compiled.loihi, compiled.report
+        if compiled.input_mode == "spikes" and data is not None and not np.isin(data, (0, 1)).all():
+            raise LasnnError(
+                f"{inputs} holds values other than 0 and 1, but the model takes spike input; compile it "
+                "with --input-mode currents for graded inputs (e.g. event counts)."
+            )
 
     batch = batch_size or DEFAULT_BATCH[backend]
     correct = 0
@@ -313,7 +299,7 @@ def simulate(
             if data is not None:
                 stream = np.ascontiguousarray(np.moveaxis(data[start:stop], 1, 0))
             else:
-                stream = _encode(images[start:stop], steps, encoding, seed, start)
+                stream = encode_samples(images[start:stop], steps, encoding, seed, start)
             result = (
                 runner.run(sim_graph, stream) if quant_report is None else runner.run_loihi(sim_graph, stream)
             )
@@ -364,6 +350,11 @@ def simulate(
         },
         "wall_seconds": time.perf_counter() - started,
     }
+    if quant_report is not None:
+        record["compiled_model"] = {
+            "path": graph_path if is_compiled_model(graph_path) else None,
+            **compiled.provenance,
+        }
     if save_spikes is not None:
         arrays = {name: np.concatenate(parts, axis=0) for name, parts in spike_parts.items()}
         with atomic_write(save_spikes, "wb") as handle:
