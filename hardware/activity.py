@@ -281,7 +281,9 @@ def layer_activity(graph: Graph, spikes: dict[str, np.ndarray], stream: np.ndarr
     or the LeakyIntegrator or Output node of a non-spiking readout), ``kind`` (``"neuron"`` or
     ``"readout"``), ``synapses`` (what its incoming paths are), ``sources``, ``neurons``, ``spikes``,
     ``synaptic_ops``, ``macs`` (the part of ``synaptic_ops`` that multiplies graded input), ``op``
-    (``"ac"``, ``"mac"`` or ``"ac+mac"``) and ``neuron_updates``.
+    (``"ac"``, ``"mac"`` or ``"ac+mac"``), ``neuron_updates``, ``connections`` (structural synapses into
+    the stage: the sum of every source's fan-out), ``input_connections`` (the part from an analog input) and
+    ``dense_ops`` (the synaptic ops if every source were active at every step; NeuroBench's "Dense").
     """
     stream = np.asarray(stream)
     if stream.ndim < 2:
@@ -337,15 +339,18 @@ def layer_activity(graph: Graph, spikes: dict[str, np.ndarray], stream: np.ndarr
         into = [p for p in paths if p.destination == dest]
         if isinstance(node, Output) and not into:
             continue
-        ac = mac = 0.0
+        ac = mac = connections = input_connections = dense = 0.0
         for p in into:
-            ops = (
-                float((source_events(p.source, _dropped_steps(graph, p)) * path_fanout(graph, p)).sum())
-                / batch
-            )
+            fanout = path_fanout(graph, p)
+            drop = _dropped_steps(graph, p)
+            ops = float((source_events(p.source, drop) * fanout).sum()) / batch
             source = graph.nodes[p.source]
+            count = float(fanout.sum())
+            connections += count
+            dense += count * max(steps - drop, 0)
             if (analog and isinstance(source, Input)) or isinstance(source, LeakyIntegrator):
                 mac += ops
+                input_connections += count if isinstance(source, Input) else 0.0
             else:
                 ac += ops
         neurons = int(np.prod(node.shape))
@@ -364,6 +369,9 @@ def layer_activity(graph: Graph, spikes: dict[str, np.ndarray], stream: np.ndarr
                 "macs": mac,
                 "op": "ac+mac" if ac and mac else ("mac" if mac else "ac"),
                 "neuron_updates": float(neurons * steps),
+                "connections": connections,
+                "input_connections": input_connections,
+                "dense_ops": dense,
             }
         )
     return result

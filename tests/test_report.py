@@ -131,6 +131,8 @@ def test_report_files_and_totals_recomputed(report_dir):
             assert run["energy"][name]["energy"] == pytest.approx(expected, rel=1e-12)
             assert sum(layer["energy"][name] for layer in run["layers"]) == pytest.approx(expected, rel=1e-12)
         assert run["totals"]["spikes"] == pytest.approx(sum(layer["spikes"] for layer in run["layers"]))
+        acs = sum(layer["synaptic_ops"] - layer["macs"] for layer in run["layers"])
+        assert run["neurobench"]["SynapticOperations"]["Effective_ACs"] == pytest.approx(acs)
         lat = run["latency"]["loihi"]
         assert lat["latency"] == pytest.approx(lat["steps"] * lat["time_per_step"])
         assert lat["steps"] == run["timesteps"] + len(run["layers"])

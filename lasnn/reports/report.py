@@ -33,6 +33,7 @@ from lasnn.hardware.energy import (
     snn_energy,
     static_energy,
 )
+from lasnn.hardware.workload import neurobench_metrics
 from lasnn.reports import plots
 
 REPORT_FORMAT = "lasnn-report"
@@ -122,6 +123,7 @@ def summarise_run(
         },
         "energy": {name: {**e["total"], "layers": e["layers"]} for name, e in energy.items()},
         "first_layer": first_layer,
+        "neurobench": neurobench_metrics(layers, run["timesteps"], constant),
         "latency": lat,
     }
 
