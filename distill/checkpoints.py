@@ -119,3 +119,17 @@ def teacher_path_of(path: str | os.PathLike) -> Path:
     """Accept either a teacher file or the directory ``lasnn teach --out`` wrote."""
     path = Path(path)
     return path / "teacher.pt" if path.is_dir() else path
+
+
+def init_student_weights(net: SpikingStudent, path: str | os.PathLike) -> None:
+    """Start a distillation from a trained student's weights (``--init``: fine-tuning, e.g. with an energy
+    term); the architecture must be the same."""
+    if not Path(path).is_file():
+        raise LasnnError(f"--init {path} does not exist; pass a student.pt written by lasnn distill.")
+    trained, _ = load_student(path)
+    if trained.config != net.config:
+        raise LasnnError(
+            f"--init {path} is a student of another architecture ({trained.config.get('arch')}, widths "
+            f"{trained.config.get('widths')}); pass the same --student/--widths/--blocks/--neuron it has."
+        )
+    net.load_state_dict(trained.state_dict())

@@ -9,6 +9,7 @@ write to ``metrics.json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 from pathlib import Path
@@ -20,8 +21,16 @@ from torch.nn import functional as F
 from lasnn.artifacts import write_json
 from lasnn.data import DATASETS, first_samples, load_dataset
 from lasnn.distill.attention import AGGREGATES, AttentionProbe, set_membrane_recording
-from lasnn.distill.checkpoints import data_metadata, load_teacher, save_student, save_teacher, teacher_path_of
+from lasnn.distill.checkpoints import (
+    data_metadata,
+    init_student_weights,
+    load_teacher,
+    save_student,
+    save_teacher,
+    teacher_path_of,
+)
 from lasnn.distill.distributed import data_parallel, is_main_process
+from lasnn.distill.energy_loss import build_energy_term
 from lasnn.distill.losses import LOSSES, SCHEDULES, LossConfig, objective
 from lasnn.distill.spiking_layers import NeuronConfig
 from lasnn.distill.students import SpikingStudent, resnet_student, vgg_student
@@ -317,8 +326,15 @@ def distill(
     data_root: str | None = None,
     deterministic: bool | None = None,
     compile: bool = False,
+    energy_weight: float | None = None,
+    energy_target: float | None = None,
+    energy_model: str = "loihi",
+    init: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
-    """Distill a spiking student from a teacher; writes ``out/student.pt`` and ``out/metrics.json``."""
+    """Distill a spiking student from a teacher; writes ``out/student.pt`` and ``out/metrics.json``.
+
+    ``energy_weight`` / ``energy_target`` (µJ per inference under ``energy_model``) add the differentiable
+    chip-energy term of ``distill.energy_loss``; ``init`` starts from a trained student's weights."""
     teacher_file = teacher_path_of(teacher)
     teacher_model, blob = load_teacher(teacher_file)
     meta = blob["metadata"]
@@ -364,6 +380,9 @@ def distill(
         encoding,
         neuron,
     )
+    if init:
+        init_student_weights(net, init)
+    energy = build_energy_term(net, energy_weight, energy_target, energy_model)
     config = LossConfig(kind=loss, alpha=alpha, tau=tau, beta=beta, schedule=schedule)
     probe = None
     if config.needs_attention:
@@ -384,7 +403,9 @@ def distill(
     run = data_parallel(net, settings.device, run, "run", compile, config.schedule == "progressive")
 
     def loss_fn(images: torch.Tensor, labels: torch.Tensor, progress: float):
-        logits, recorded = run(net.encode(images), record=probe is not None, time_mean=True)
+        stream = net.encode(images)
+        with energy.record() if energy else contextlib.nullcontext():
+            logits, recorded = run(stream, record=probe is not None, time_mean=True)
         teacher_logits = teacher_maps = student_maps = None
         if config.needs_teacher:
             with torch.inference_mode():
@@ -396,12 +417,16 @@ def distill(
         if probe is not None:
             student_maps = probe.student_maps(net, recorded)
         total, terms = objective(config, logits, labels, teacher_logits, teacher_maps, student_maps, progress)
+        if energy is not None:  # the chip-energy term, in the same loop as the LaSNN terms
+            term, energy_terms = energy.penalty(images if net.encoding == "direct" else stream)
+            total, terms = total + term, {**terms, **energy_terms}
         return total, logits, terms
 
     loss_record = {
         **config.to_dict(),
         "aggregate": aggregate,
         "pairs": [list(p) for p in probe.pairs] if probe else [],
+        "energy": energy.to_dict() if energy else None,
     }
     run_config = {
         "verb": "distill",
@@ -512,6 +537,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--beta", type=float, default=DEFAULT_BETA, help=f"attention weight (default {DEFAULT_BETA:g})"
     )
+    p.add_argument(
+        "--energy-weight",
+        type=float,
+        help="add the differentiable chip-energy term (distill/energy_loss.py): W x modelled energy per "
+        "inference in µJ, or with --energy-target W x (relu(E - target) / target)^2",
+    )
+    p.add_argument(
+        "--energy-target", type=float, help="energy per inference to stay under, µJ (weight 1 if not given)"
+    )
+    p.add_argument(
+        "--energy-model",
+        default="loihi",
+        help="energy model of the term: loihi, compute_fp32, compute_int8, memory (default loihi)",
+    )
+    p.add_argument(
+        "--init", help="start from this student.pt's weights (fine-tuning, e.g. with the energy term)"
+    )
     p.add_argument("--dataset", choices=DATASETS, help="data set (default: the teacher's)")
     p.add_argument("--data-root", help="data folder (default: the teacher's)")
     p.add_argument("--out", required=True, help="output directory")
@@ -578,6 +620,10 @@ def _distill_cli(args: argparse.Namespace) -> int:
         data_root=args.data_root,
         deterministic=args.deterministic,
         compile=args.compile,
+        energy_weight=args.energy_weight,
+        energy_target=args.energy_target,
+        energy_model=args.energy_model,
+        init=args.init,
     )
     if is_main_process():
         print(
