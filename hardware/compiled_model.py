@@ -233,20 +233,26 @@ def load_compiled(path: str | os.PathLike) -> CompiledModel:
 # compiling
 
 
-def load_stream_file(path: str | os.PathLike, in_shape: tuple[int, ...], flag: str) -> np.ndarray:
-    """A pre-encoded stream ``(N, T, *input_shape)`` from an ``.npy`` file, checked against the graph."""
-    path = Path(path)
-    if not path.is_file():
-        raise LasnnError(
-            f"{path} does not exist; pass an .npy array of shape (N, T, *input_shape) with {flag}."
-        )
-    try:
-        array = np.load(path, allow_pickle=False)
-    except Exception as error:  # numpy raises ValueError/OSError/EOFError for bad files
-        raise LasnnError(
-            f"{path} is not a readable .npy array ({type(error).__name__}); pass an array of "
-            "shape (N, T, *input_shape) saved with numpy.save."
-        ) from error
+def load_stream_file(
+    path: str | os.PathLike | np.ndarray, in_shape: tuple[int, ...], flag: str
+) -> np.ndarray:
+    """A pre-encoded stream ``(N, T, *input_shape)`` from an ``.npy`` file (or an array given from Python,
+    lasnn's API), checked against the graph."""
+    if isinstance(path, np.ndarray):
+        array, path = path, f"the {flag.lstrip('-')} array"
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise LasnnError(
+                f"{path} does not exist; pass an .npy array of shape (N, T, *input_shape) with {flag}."
+            )
+        try:
+            array = np.load(path, allow_pickle=False)
+        except Exception as error:  # numpy raises ValueError/OSError/EOFError for bad files
+            raise LasnnError(
+                f"{path} is not a readable .npy array ({type(error).__name__}); pass an array of "
+                "shape (N, T, *input_shape) saved with numpy.save."
+            ) from error
     if not isinstance(array, np.ndarray) or array.dtype.kind not in "biuf":
         raise LasnnError(
             f"{path} holds {getattr(array, 'dtype', type(array))} data; expected a numeric array "
@@ -341,7 +347,7 @@ def compile_graph(
     cal: dict[str, Any] = {"source": "none (static worst-case bounds)", "samples": 0}
     if calibration is not None:
         if isinstance(calibration, np.ndarray):
-            array = np.asarray(calibration)
+            array = load_stream_file(calibration, in_shape, "--calibration")
             cal = {"source": "array"}
         else:
             array = load_stream_file(calibration, in_shape, "--calibration")

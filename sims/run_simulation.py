@@ -82,28 +82,39 @@ def _graph_io(graph: Graph, path: str) -> tuple[str, tuple[int, ...], str, tuple
     return inputs[0], tuple(int(s) for s in in_node.shape), outputs[0], tuple(int(s) for s in out_node.shape)
 
 
-def _load_inputs(path: str | os.PathLike, in_shape: tuple[int, ...], timesteps: int | None) -> np.ndarray:
-    """Pre-encoded inputs ``(N, T, *input_shape)`` from an ``.npy`` file, checked against the graph."""
+def _load_inputs(
+    path: str | os.PathLike | np.ndarray, in_shape: tuple[int, ...], timesteps: int | None
+) -> np.ndarray:
+    """Pre-encoded inputs ``(N, T, *input_shape)`` from an ``.npy`` file (or an array), checked against the
+    graph."""
     from lasnn.hardware.compiled_model import load_stream_file
 
     array = load_stream_file(path, in_shape, "--inputs")
     if timesteps is not None and array.shape[1] != timesteps:
         raise LasnnError(
-            f"{path} has {array.shape[1]} time steps but --timesteps {timesteps} was given; pass inputs "
-            "with that many steps."
+            f"{_name(path, 'inputs')} has {array.shape[1]} time steps but --timesteps {timesteps} was given; "
+            "pass inputs with that many steps."
         )
     return array
 
 
-def _load_labels(path: str | os.PathLike, count: int, classes: int) -> np.ndarray:
-    path = Path(path)
-    try:
-        labels = np.load(path, allow_pickle=False)
-    except Exception as error:
-        raise LasnnError(
-            f"{path} is not a readable .npy array ({type(error).__name__}); pass integer labels "
-            "of shape (N,) with --labels."
-        ) from error
+def _name(source: Any, what: str) -> str:
+    """How messages and the run record name an input given as a file or as an array (the Python API)."""
+    return f"the {what} array" if isinstance(source, np.ndarray) else str(source)
+
+
+def _load_labels(path: str | os.PathLike | np.ndarray, count: int, classes: int) -> np.ndarray:
+    if isinstance(path, np.ndarray):
+        labels, path = path, _name(path, "labels")
+    else:
+        path = Path(path)
+        try:
+            labels = np.load(path, allow_pickle=False)
+        except Exception as error:
+            raise LasnnError(
+                f"{path} is not a readable .npy array ({type(error).__name__}); pass integer labels "
+                "of shape (N,) with --labels."
+            ) from error
     if labels.ndim != 1 or labels.shape[0] != count or labels.dtype.kind not in "iu":
         raise LasnnError(
             f"{path} has shape {labels.shape} and dtype {labels.dtype}; expected {count} integer "
@@ -155,15 +166,15 @@ def _dataset_samples(
 
 
 def simulate(
-    graph_path: str | os.PathLike,
+    graph_path: str | os.PathLike | Any,
     backend: str = "emulator",
     dataset: str | None = None,
     samples: int | None = None,
     batch_size: int | None = None,
     device: str = "cpu",
     data_root: str | os.PathLike | None = None,
-    inputs: str | os.PathLike | None = None,
-    labels: str | os.PathLike | None = None,
+    inputs: str | os.PathLike | np.ndarray | None = None,
+    labels: str | os.PathLike | np.ndarray | None = None,
     timesteps: int | None = None,
     out: str | os.PathLike | None = None,
     save_spikes: str | os.PathLike | None = None,
@@ -177,7 +188,7 @@ def simulate(
     samples (all when None); ``calibration``/``input_mode``: how a ``.nir`` is compiled on the fly."""
     from lasnn.export.nir_io import read_nir
     from lasnn.hardware.activity import layer_activity
-    from lasnn.hardware.compiled_model import is_compiled_model, load_compiled
+    from lasnn.hardware.compiled_model import CompiledModel, is_compiled_model, load_compiled
 
     started = time.perf_counter()
     if backend not in BACKENDS:
@@ -196,8 +207,12 @@ def simulate(
     for target in (out, save_spikes):  # refuse an unwritable output before the (long) simulation
         if target is not None:
             check_writable(target)
-    graph_path = str(graph_path)
-    compiled = load_compiled(graph_path) if is_compiled_model(graph_path) else None
+    if isinstance(graph_path, CompiledModel):  # a compiled model in memory (lasnn's Python API)
+        compiled = graph_path
+        graph_path = str(compiled.provenance.get("graph_file") or "compiled model")
+    else:
+        graph_path = str(graph_path)
+        compiled = load_compiled(graph_path) if is_compiled_model(graph_path) else None
     if compiled is not None:
         for flag, value in (("--calibration", calibration), ("--input-mode", input_mode)):
             if value is not None:
@@ -284,8 +299,8 @@ def simulate(
         sim_graph, quant_report = compiled.loihi, compiled.report
         if compiled.input_mode == "spikes" and data is not None and not np.isin(data, (0, 1)).all():
             raise LasnnError(
-                f"{inputs} holds values other than 0 and 1, but the model takes spike input; compile it "
-                "with --input-mode currents for graded inputs (e.g. event counts)."
+                f"{_name(inputs, 'inputs')} holds values other than 0 and 1, but the model takes spike "
+                "input; compile it with --input-mode currents for graded inputs (e.g. event counts)."
             )
 
     batch = batch_size or DEFAULT_BATCH[backend]
@@ -338,7 +353,7 @@ def simulate(
         "quantisation": quant_report,
         "graph": graph_path,
         "dataset": dataset_name,
-        "inputs": None if inputs is None else str(inputs),
+        "inputs": None if inputs is None else _name(inputs, "inputs"),
         "encoding": encoding,
         "seed": seed,
         "batch_size": batch,
