@@ -253,3 +253,50 @@ def test_report_command(tmp_path, capsys):
     # a user error is one line on stderr and exit status 2
     assert main(["report", str(tmp_path / "missing.json"), "-o", str(tmp_path / "rep2")]) == 2
     assert "missing.json does not exist" in capsys.readouterr().err
+
+
+def test_headlines_backend_groups_and_sweep(tmp_path):
+    from lasnn.distill.checkpoints import save_teacher
+    from lasnn.distill.teachers import build_teacher
+
+    config = dict(arch="small_cnn", in_shape=[1, 8, 8], num_classes=10, width=1.0)
+    meta = dict(
+        dataset="digits", data_root=None, input_shape=[1, 8, 8], num_classes=10, mean=[0.0], std=[1.0]
+    )
+    save_teacher(
+        tmp_path / "teacher.pt", build_teacher(config), config, {**meta, "seed": 0, "test_accuracy": 0.9}
+    )
+    a = _run_json(tmp_path / "student.json", 0.1, 4, 0.95, 0)  # the same graph (student.nir) and spikes ...
+    b_run = json.loads(a.read_text())
+    b_run["backend"] = "float"  # ... on another backend, one layer's spikes 1 % off
+    b_run["layers"][0]["spikes"] *= 1.01
+    b = tmp_path / "float.json"
+    b.write_text(json.dumps(b_run))
+    sweep = tmp_path / "sweep.json"
+    rows = [
+        {
+            "energy_weight": w,
+            "test_accuracy": acc,
+            "loihi_energy_per_inference_j": e,
+            "command": f"lasnn x {w}",
+        }
+        for w, acc, e in ((0, 0.98, 6e-6), (1, 0.975, 2.5e-6), (3, 0.9, 1e-6))
+    ]
+    sweep.write_text(json.dumps({"rows": rows}))
+    result = make_report([a, b], tmp_path / "rep", teacher=tmp_path, sweep=sweep)
+    report = result["report"]
+    (group,) = report["backend_groups"]
+    assert group["backends"] == ["emulator", "float"] and group["runs"] == [0, 1]
+    assert group["max_rel_spike_difference"] == pytest.approx(0.01 / 1.01)
+    first = report["runs"][0]
+    ratio = first["energy"]["loihi"]["energy"] / report["teacher"]["energy"]["memory"]
+    assert f"{ratio:.2g}x the teacher under memory" in report["headlines"][0]  # Loihi vs the fair ANN models
+    assert "95.00 % at T = 4" in report["headlines"][0] and "latency" in report["headlines"][0]
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert md.count("## student (") == 1  # the second backend's run of the same graph is not repeated
+    assert "shown once below" in md and "lasnn x 3" in md and "modelled" in md
+    assert (tmp_path / "rep" / "pareto.png").read_bytes().startswith(PNG_MAGIC)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"rows": [{"energy_weight": 0}]}))
+    with pytest.raises(LasnnError, match="no rows with"):
+        make_report([a], tmp_path / "rep2", sweep=bad)

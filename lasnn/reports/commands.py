@@ -35,6 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "under each model's host MAC cost; its own line), chip (as graded synaptic ops every step, the old "
         "count) or none (default host)",
     )
+    p.add_argument(
+        "--sweep",
+        help="an energy sweep (bench/energy_sweep.py's energy_digits.json) to plot as a Pareto curve",
+    )
     p.add_argument("-o", "--out", required=True, help="report folder")
     p.set_defaults(func=run)
 
@@ -47,7 +51,10 @@ def run(args: argparse.Namespace) -> int:
         labels=args.label,
         energy_models=args.energy_models or DEFAULT_MODELS,
         first_layer=args.first_layer,
+        sweep=args.sweep,
     )
+    for line in result["report"]["headlines"]:
+        print(line)
     header, rows = summary_rows(result["report"])
     print(format_table(header, rows))
     print(f"wrote {result['files']['report.html']} (and report.md, report.json, plots)")

@@ -155,3 +155,33 @@ def accuracy_energy_plot(report: dict) -> bytes:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return _png(fig)
+
+
+def pareto_plot(rows: list[dict]) -> bytes:
+    """Accuracy against modelled Loihi energy of an energy sweep's students, with the Pareto front (no cheaper
+    student is as accurate); the unregularised student (weight 0) in orange."""
+    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+    ax = fig.subplots()
+    pts = sorted(
+        ((r["loihi_energy_per_inference_j"] * 1e6, 100 * r["test_accuracy"], r) for r in rows),
+        key=lambda p: (p[0], -p[1]),
+    )
+    front, best = [], -1.0
+    for e, a, _ in pts:
+        if a > best:
+            front.append((e, a))
+            best = a
+    ax.plot(
+        [e for e, _ in front], [a for _, a in front], "-", color="#1b9e77", alpha=0.6, label="Pareto front"
+    )
+    for e, a, r in pts:
+        ax.scatter(e, a, color="#d95f02" if r["energy_weight"] == 0 else "#1b9e77", s=40, zorder=3)
+        ax.annotate(
+            f"w={r['energy_weight']:g}", (e, a), textcoords="offset points", xytext=(4, 4), fontsize=8
+        )
+    ax.set_xlabel("energy per inference, Loihi model (µJ, modelled)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Energy sweep: accuracy vs energy (orange: no energy term)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)

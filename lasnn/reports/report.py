@@ -64,13 +64,6 @@ def load_run(path: str | os.PathLike) -> dict[str, Any]:
         ) from error
     if not isinstance(run, dict):
         raise LasnnError(f"{path} holds a JSON {type(run).__name__}, not an object; pass a run.json.")
-    return check_run(run, path)
-
-
-def check_run(run: dict[str, Any], path: str | os.PathLike) -> dict[str, Any]:
-    """Check a run record (read from ``path``, or a dict ``simulate`` returned, named by ``path``)."""
-    if not isinstance(run, dict):
-        raise LasnnError(f"{path} is a {type(run).__name__}, not a run record; pass what simulate returned.")
     for key in ("backend", "timesteps", "layers"):
         if key not in run:
             raise LasnnError(f"{path} lacks the field '{key}'; pass a run.json written by lasnn simulate.")
@@ -156,11 +149,88 @@ def teacher_summary(path: str | os.PathLike, models: list[dict]) -> dict:
     }
 
 
+def headline(run: dict, teacher: dict | None) -> str:
+    """One sentence per student: accuracy, T, energy against the teacher under each model, latency."""
+    parts = [f"{run['label']}: {fmt_accuracy(run.get('accuracy'))} at T = {run['timesteps']}"]
+    energies = []
+    for name, e in run["energy"].items():
+        text = f"{fmt_energy(e['energy'])} under {name}"
+        if teacher and name in teacher["energy"]:
+            ratio, ann = e["energy"] / teacher["energy"][name], fmt_energy(teacher["energy"][name])
+            text += f" ({ratio:.2g}x the teacher's {ann})"
+        elif (
+            teacher
+        ):  # an SNN-only model (Loihi): against the teacher under the ANN models that are fair to it
+            others = [m for m in ("memory", "eyeriss") if m in teacher["energy"]]
+            if others:
+                vs = ", ".join(
+                    f"{e['energy'] / teacher['energy'][m]:.2g}x the teacher under {m}" for m in others
+                )
+                text += f" ({vs})"
+        energies.append(text)
+    if energies:
+        parts.append("energy per inference (modelled) " + "; ".join(energies))
+    for name, lat in run["latency"].items():
+        parts.append(f"latency {fmt_time(lat['latency'])} ({name} model)")
+    return ", ".join(parts) + "."
+
+
+def backend_groups(runs: list[dict]) -> list[dict]:
+    """Runs of the same graph and T on several backends, with how far their activity agrees: the largest
+    relative difference of any layer's spikes per inference, and the accuracies (each on its samples)."""
+    groups: dict[tuple, list[int]] = {}
+    for i, run in enumerate(runs):
+        groups.setdefault((run.get("graph"), run["timesteps"], run.get("encoding")), []).append(i)
+    out = []
+    for (graph, steps, _enc), members in groups.items():
+        if len(members) < 2 or graph is None:
+            continue
+        ref = runs[members[0]]["layers"]
+        worst = 0.0
+        for j in members[1:]:
+            for a, b in zip(ref, runs[j]["layers"], strict=False):
+                scale = max(abs(a["spikes"]), abs(b["spikes"]), 1e-12)
+                worst = max(worst, abs(a["spikes"] - b["spikes"]) / scale)
+        out.append(
+            {
+                "graph": graph,
+                "timesteps": steps,
+                "runs": members,
+                "backends": [runs[j]["backend"] for j in members],
+                "samples": [runs[j].get("samples") for j in members],
+                "accuracy": [runs[j].get("accuracy") for j in members],
+                "max_rel_spike_difference": worst,
+            }
+        )
+    return out
+
+
+def load_sweep(path: str | os.PathLike) -> dict[str, Any]:
+    """An energy sweep written by ``bench/energy_sweep.py`` (rows of energy_weight, test_accuracy,
+    loihi_energy_per_inference_j, command)."""
+    path = Path(path)
+    try:
+        sweep = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise LasnnError(
+            f"--sweep {path} is not a readable JSON file ({error}); pass energy_digits.json."
+        ) from error
+    rows = sweep.get("rows") if isinstance(sweep, dict) else None
+    keys = ("energy_weight", "test_accuracy", "loihi_energy_per_inference_j")
+    if not rows or not all(isinstance(r, dict) and all(k in r for k in keys) for r in rows):
+        raise LasnnError(
+            f"--sweep {path} has no rows with {', '.join(keys)}; pass a file of bench/energy_sweep.py."
+        )
+    return sweep
+
+
 def build_report(runs: list[dict], teacher: dict | None, models: list[dict]) -> dict[str, Any]:
     return {
         "format": REPORT_FORMAT,
         "format_version": REPORT_VERSION,
         "runs": runs,
+        "headlines": [headline(r, teacher) for r in runs],
+        "backend_groups": backend_groups(runs),
         "teacher": teacher,
         "energy_models": {m["name"]: m for m in models},
         "formulas": {
@@ -171,15 +241,15 @@ def build_report(runs: list[dict], teacher: dict | None, models: list[dict]) -> 
 
 
 def make_report(
-    run_paths: list[str | os.PathLike | dict[str, Any]],
-    out: str | os.PathLike | None,
+    run_paths: list[str | os.PathLike],
+    out: str | os.PathLike,
     teacher: str | os.PathLike | None = None,
     labels: list[str] | None = None,
     energy_models: tuple[str, ...] | list[str] = DEFAULT_MODELS,
     first_layer: str = "host",
+    sweep: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
-    """Build the report and, unless ``out`` is None, write the report folder; returns ``{"report": dict,
-    "files": {kind: path}}``. Runs are ``run.json`` paths or the records ``simulate`` returned."""
+    """Build and write the report folder; returns ``{"report": dict, "files": {kind: path}}``."""
     if not run_paths:
         raise LasnnError("No run.json given; pass at least one run written by lasnn simulate.")
     if labels and len(labels) != len(run_paths):
@@ -187,24 +257,22 @@ def make_report(
             f"{len(labels)} --label value(s) for {len(run_paths)} run(s); give one per run or none."
         )
     models = [load_model(m) for m in energy_models]
-    runs = []
-    for i, p in enumerate(run_paths):
-        run, where = (
-            (check_run(p, f"run {i}"), p.get("graph") or f"run {i}")
-            if isinstance(p, dict)
-            else (load_run(p), p)
-        )
-        runs.append(summarise_run(run, where, labels[i] if labels else None, models, first_layer))
+    runs = [
+        summarise_run(load_run(p), p, labels[i] if labels else None, models, first_layer)
+        for i, p in enumerate(run_paths)
+    ]
     teacher_info = teacher_summary(teacher, models) if teacher else None
     report = build_report(runs, teacher_info, models)
-    if out is None:
-        return {"report": report, "files": {}}
+    if sweep is not None:
+        report["sweep"] = load_sweep(sweep)
     out = Path(out)
     check_writable(out, directory=True)
     images: dict[str, bytes] = {}
     for i, run in enumerate(runs):
         images[f"layers_{i}.png"] = plots.layer_activity_plot(run)
     images["energy.png"] = plots.energy_plot(report)
+    if report.get("sweep"):
+        images["pareto.png"] = plots.pareto_plot(report["sweep"]["rows"])
     if len(runs) + (teacher_info is not None) >= 2:
         images["accuracy_energy.png"] = plots.accuracy_energy_plot(report)
     report["plots"] = sorted(images)
@@ -372,9 +440,55 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _repeated_runs(report: dict) -> set[int]:
+    """Runs whose graph is already shown in detail by an earlier run of its backend group."""
+    return {i for g in report.get("backend_groups", []) for i in g["runs"][1:]}
+
+
+def _group_lines(report: dict) -> list[str]:
+    lines = []
+    for g in report.get("backend_groups", []):
+        runs = ", ".join(
+            f"{b} ({fmt_count(n)} samples, {fmt_accuracy(a)})"
+            for b, n, a in zip(g["backends"], g["samples"], g["accuracy"], strict=True)
+        )
+        lines.append(
+            f"{g['graph']} (T = {g['timesteps']}) ran on {runs}; per-layer spikes per inference agree within "
+            f"{100 * g['max_rel_spike_difference']:.3g} % (different sample counts differ by the samples); "
+            "shown once below"
+        )
+    return lines
+
+
+def _sweep_rows(sweep: dict) -> tuple[list[str], list[list[str]]]:
+    rows = [
+        [
+            f"{r['energy_weight']:g}",
+            fmt_accuracy(r["test_accuracy"]),
+            fmt_energy(r["loihi_energy_per_inference_j"]),
+            str(r.get("command", "")),
+        ]
+        for r in sweep["rows"]
+    ]
+    return ["energy weight", "test accuracy", "energy / inf. [loihi, modelled]", "command"], rows
+
+
 def render_markdown(report: dict) -> str:
-    parts = ["# lasnn energy and latency report", "", "## Summary", "", _md_table(*summary_rows(report)), ""]
+    parts = [
+        "# lasnn energy and latency report",
+        "",
+        "All energies and latencies are modelled, not measured.",
+        "",
+    ]
+    parts += [f"- {h}" for h in report.get("headlines", [])] + [""]
+    parts += ["## Summary", "", _md_table(*summary_rows(report)), ""]
+    repeated = _repeated_runs(report)
+    for line in _group_lines(report):
+        parts += [f"- {line}"]
+    parts += [""]
     for i, run in enumerate(report["runs"]):
+        if i in repeated:
+            continue
         parts += [
             f"## {run['label']}",
             "",
@@ -399,6 +513,15 @@ def render_markdown(report: dict) -> str:
     parts += ["## Energy", "", "![energy per inference](energy.png)", ""]
     if "accuracy_energy.png" in report.get("plots", []):
         parts += ["![accuracy vs energy](accuracy_energy.png)", ""]
+    if report.get("sweep"):
+        parts += [
+            "## Energy sweep",
+            "",
+            _md_table(*_sweep_rows(report["sweep"])),
+            "",
+            "![Pareto](pareto.png)",
+            "",
+        ]
     parts += ["## Formulas", "", f"- Energy: `{report['formulas']['energy']}`"]
     if report["formulas"].get("latency"):
         parts += [f"- Latency: `{report['formulas']['latency']}`"]
@@ -450,10 +573,16 @@ def render_html(report: dict, images: dict[str, bytes]) -> str:
         "<title>lasnn energy and latency report</title>",
         f"<style>{_CSS}</style></head><body>",
         "<h1>lasnn energy and latency report</h1>",
+        '<p class="note">All energies and latencies are modelled, not measured.</p>',
+        "<ul>" + "".join(f"<li>{e(h)}</li>" for h in report.get("headlines", [])) + "</ul>",
         "<h2>Summary</h2>",
         _html_table(*summary_rows(report), text_cols=(0, 1)),
+        "<ul>" + "".join(f"<li>{e(line)}</li>" for line in _group_lines(report)) + "</ul>",
     ]
+    repeated = _repeated_runs(report)
     for i, run in enumerate(report["runs"]):
+        if i in repeated:
+            continue
         out += [
             f"<h2>{e(run['label'])}</h2>",
             f'<p class="note">run {e(run["path"])}; graph {e(str(run.get("graph")))}; data set '
@@ -474,6 +603,9 @@ def render_html(report: dict, images: dict[str, bytes]) -> str:
     out += ["<h2>Energy</h2>", _img(images, "energy.png", "energy per inference")]
     if "accuracy_energy.png" in images:
         out += [_img(images, "accuracy_energy.png", "accuracy vs energy")]
+    if "pareto.png" in images:
+        out += ["<h2>Energy sweep</h2>", _html_table(*_sweep_rows(report["sweep"]), text_cols=(3,))]
+        out += [_img(images, "pareto.png", "accuracy vs energy of an energy sweep")]
     out += ["<h2>Formulas</h2>", f"<p>Energy: <code>{e(report['formulas']['energy'])}</code></p>"]
     if report["formulas"].get("latency"):
         out += [f"<p>Latency: <code>{e(report['formulas']['latency'])}</code></p>"]
