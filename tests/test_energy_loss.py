@@ -65,3 +65,37 @@ def test_gradient_reaches_the_first_layer_and_penalty():
     assert float(energy_penalty(e, 3.0, 4e-6)) == 0.0
     assert float(energy_penalty(e, 3.0, 1e-6)) == pytest.approx(3.0 * 1.0**2)
     assert float(energy_penalty(e, 0.5, None)) == pytest.approx(1.0)
+
+
+def test_bad_energy_options_and_init_are_user_errors(tmp_path):
+    from lasnn.distill.checkpoints import init_student_weights, save_student
+    from lasnn.distill.energy_loss import build_energy_term
+    from lasnn.errors import LasnnError
+
+    student = vgg_student((1, 8, 8), 10, ((4,), (8,)), timesteps=T)
+    assert build_energy_term(student, None, None) is None
+    term = build_energy_term(student, None, 2.0, "memory")  # a target alone: weight 1, in joules
+    assert (
+        term.weight == 1.0
+        and term.target_j == pytest.approx(2e-6)
+        and term.to_dict()["costs"]["model"] == "memory"
+    )
+    with pytest.raises(LasnnError, match="--energy-weight"):
+        build_energy_term(student, -1.0, None)
+    with pytest.raises(LasnnError, match="--energy-target"):
+        build_energy_term(student, 1.0, 0.0)
+    with pytest.raises(LasnnError, match="does not price an SNN"):
+        build_energy_term(student, 1.0, None, "eyeriss")
+    other = vgg_student((1, 8, 8), 10, ((8,), (8,)), timesteps=T)
+    meta = dict(
+        dataset="digits", data_root=None, input_shape=[1, 8, 8], num_classes=10, mean=[0.0], std=[1.0]
+    )
+    meta |= dict(seed=0, timesteps=T, encoding="direct", dt=1e-3, loss="lasnn", teacher="t.pt")
+    save_student(tmp_path / "s.pt", other, meta)
+    with pytest.raises(LasnnError, match="another architecture"):
+        init_student_weights(student, tmp_path / "s.pt")
+    same = vgg_student((1, 8, 8), 10, ((8,), (8,)), timesteps=T)
+    init_student_weights(same, tmp_path / "s.pt")
+    assert torch.equal(same.features[0].layer.weight, other.features[0].layer.weight)
+    with pytest.raises(LasnnError, match="does not exist"):
+        init_student_weights(same, tmp_path / "missing.pt")
