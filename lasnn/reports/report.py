@@ -64,6 +64,13 @@ def load_run(path: str | os.PathLike) -> dict[str, Any]:
         ) from error
     if not isinstance(run, dict):
         raise LasnnError(f"{path} holds a JSON {type(run).__name__}, not an object; pass a run.json.")
+    return check_run(run, path)
+
+
+def check_run(run: dict[str, Any], path: str | os.PathLike) -> dict[str, Any]:
+    """Check a run record (read from ``path``, or a dict ``simulate`` returned, named by ``path``)."""
+    if not isinstance(run, dict):
+        raise LasnnError(f"{path} is a {type(run).__name__}, not a run record; pass what simulate returned.")
     for key in ("backend", "timesteps", "layers"):
         if key not in run:
             raise LasnnError(f"{path} lacks the field '{key}'; pass a run.json written by lasnn simulate.")
@@ -241,15 +248,16 @@ def build_report(runs: list[dict], teacher: dict | None, models: list[dict]) -> 
 
 
 def make_report(
-    run_paths: list[str | os.PathLike],
-    out: str | os.PathLike,
+    run_paths: list[str | os.PathLike | dict[str, Any]],
+    out: str | os.PathLike | None,
     teacher: str | os.PathLike | None = None,
     labels: list[str] | None = None,
     energy_models: tuple[str, ...] | list[str] = DEFAULT_MODELS,
     first_layer: str = "host",
     sweep: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
-    """Build and write the report folder; returns ``{"report": dict, "files": {kind: path}}``."""
+    """Build the report and, unless ``out`` is None, write the report folder; returns ``{"report": dict,
+    "files": {kind: path}}``. Runs are ``run.json`` paths or the records ``simulate`` returned."""
     if not run_paths:
         raise LasnnError("No run.json given; pass at least one run written by lasnn simulate.")
     if labels and len(labels) != len(run_paths):
@@ -257,14 +265,20 @@ def make_report(
             f"{len(labels)} --label value(s) for {len(run_paths)} run(s); give one per run or none."
         )
     models = [load_model(m) for m in energy_models]
-    runs = [
-        summarise_run(load_run(p), p, labels[i] if labels else None, models, first_layer)
-        for i, p in enumerate(run_paths)
-    ]
+    runs = []
+    for i, p in enumerate(run_paths):
+        run, where = (
+            (check_run(p, f"run {i}"), p.get("graph") or f"run {i}")
+            if isinstance(p, dict)
+            else (load_run(p), p)
+        )
+        runs.append(summarise_run(run, where, labels[i] if labels else None, models, first_layer))
     teacher_info = teacher_summary(teacher, models) if teacher else None
     report = build_report(runs, teacher_info, models)
     if sweep is not None:
         report["sweep"] = load_sweep(sweep)
+    if out is None:
+        return {"report": report, "files": {}}
     out = Path(out)
     check_writable(out, directory=True)
     images: dict[str, bytes] = {}
@@ -478,8 +492,8 @@ def render_markdown(report: dict) -> str:
         "# lasnn energy and latency report",
         "",
         "All energies and latencies are modelled, not measured.",
-        "",
     ]
+    parts += [""]
     parts += [f"- {h}" for h in report.get("headlines", [])] + [""]
     parts += ["## Summary", "", _md_table(*summary_rows(report)), ""]
     repeated = _repeated_runs(report)
@@ -514,14 +528,8 @@ def render_markdown(report: dict) -> str:
     if "accuracy_energy.png" in report.get("plots", []):
         parts += ["![accuracy vs energy](accuracy_energy.png)", ""]
     if report.get("sweep"):
-        parts += [
-            "## Energy sweep",
-            "",
-            _md_table(*_sweep_rows(report["sweep"])),
-            "",
-            "![Pareto](pareto.png)",
-            "",
-        ]
+        parts += ["## Energy sweep", "", _md_table(*_sweep_rows(report["sweep"])), ""]
+        parts += ["![Pareto](pareto.png)", ""]
     parts += ["## Formulas", "", f"- Energy: `{report['formulas']['energy']}`"]
     if report["formulas"].get("latency"):
         parts += [f"- Latency: `{report['formulas']['latency']}`"]
