@@ -100,7 +100,7 @@ def load_student(path: str | os.PathLike) -> tuple[SpikingStudent, dict]:
     if not isinstance(timesteps, int) or timesteps < 1:
         raise LasnnError(f"{path} has metadata timesteps={timesteps!r}; expected a positive integer.")
     try:
-        if blob["kind"] == "converted":
+        if blob["kind"] == "converted" or blob["config"].get("arch") == "converted":  # or trained from one
             from lasnn.distill.conversion import build_converted  # helper module, imported only when needed
 
             student = build_converted(blob["config"], timesteps, encoding)
