@@ -18,7 +18,7 @@ endif
 # incompatibility at import time (sims/lava_compat.py).
 LAVA_PIN := lava-nc==0.10.0
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench clean readers
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
@@ -28,6 +28,11 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps --ignore-requires-python $(LAVA_PIN)
 	$(BIN)/python -c "import lasnn.distill, lasnn.export, lasnn.hardware, lasnn.sims; from lava.proc.lif.process import LIF"
 	@touch $(STAMP)
+
+# side environments with snnTorch and sinabs's own NIR readers for tests/test_readers.py (pinned;
+# they reuse the main venv's torch, see the script)
+readers: setup
+	bash scripts/reader_envs.sh
 
 demo: setup
 	$(BIN)/lasnn demo --out runs/demo

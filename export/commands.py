@@ -81,23 +81,67 @@ def verify_against_student(student: torch.nn.Module, graph: Graph, samples: int 
     return total
 
 
-def export_student(ckpt_path: str | os.PathLike, out_path: str | os.PathLike, verify: bool = True) -> Graph:
-    """Lower the student checkpoint ``ckpt_path`` to NIR at ``out_path``; returns the graph as read back."""
+def export_student(
+    ckpt_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    verify: bool = True,
+    profile: str | None = None,
+) -> Graph:
+    """Lower the student checkpoint ``ckpt_path`` to NIR at ``out_path``; returns the graph as read back.
+    ``profile``: a reader's profile (``lasnn.export.profiles``; None or "lasnn": lasnn's own layout)."""
     from lasnn.distill.checkpoints import load_student
 
     student, blob = load_student(_checkpoint_path(ckpt_path))
     graph = lower_student(student, blob.get("metadata", {}))
     graph.metadata["checkpoint"] = str(ckpt_path)
     graph.metadata["checkpoint_kind"] = str(blob.get("kind"))
-    write_nir(graph, out_path)
+    if profile in (None, "lasnn"):
+        write_nir(graph, out_path)
+        written = read_nir(out_path)
+        if verify:
+            try:
+                written.metadata["verified_spikes"] = verify_against_student(student, written)
+            except LasnnError:  # never leave a graph that failed its check under the name asked for
+                Path(out_path).unlink(missing_ok=True)
+                raise
+        return written
+    from lasnn.export.profiles import apply_profile
+
+    names: dict[str, str] = {}
+    profiled = apply_profile(graph, profile, names)  # refuses before anything is written
+    checked = verify_against_student(student, graph) if verify else None
+    write_nir(profiled, out_path)
     written = read_nir(out_path)
     if verify:
         try:
-            written.metadata["verified_spikes"] = verify_against_student(student, written)
-        except LasnnError:  # never leave a graph that failed its check under the name asked for
+            _same_as(graph, written, names)
+        except LasnnError:
             Path(out_path).unlink(missing_ok=True)
             raise
+        written.metadata["verified_spikes"] = checked
     return written
+
+
+def _same_as(graph: Graph, profiled: Graph, names: dict[str, str], samples: int = CHECK_SAMPLES) -> None:
+    """The profile's graph, as written, computes what the original does (float64 reference): the same spikes
+    in every layer and outputs within float rounding (a folded scale that is not a power of two rounds)."""
+    from lasnn.sims.float_backend import FloatBackend
+
+    shape = tuple(graph.nodes[graph.inputs()[0]].shape)
+    steps = int(graph.metadata.get("timesteps") or 4)
+    stream = np.random.default_rng(0).random((steps, samples, *shape))
+    if graph.metadata.get("encoding") != "direct":
+        stream = (stream < 0.3).astype(np.float64)
+    a = FloatBackend(np.float64, progress=False).run(graph, stream)
+    b = FloatBackend(np.float64, progress=False).run(profiled, stream)
+    for name, spikes in a.spikes.items():
+        if not np.array_equal(spikes, b.spikes.get(names.get(name, name))):
+            raise LasnnError(
+                f"the {profiled.metadata.get('export_profile')} profile changes the spikes of layer "
+                f"'{name}'; this is a lasnn bug, please report it."
+            )
+    if not np.allclose(a.outputs, b.outputs, rtol=1e-9, atol=1e-9 * float(np.abs(a.outputs).max() + 1)):
+        raise LasnnError("the export profile changes the readout beyond float rounding; this is a lasnn bug.")
 
 
 def export_teacher(ckpt_path: str | os.PathLike, out_path: str | os.PathLike) -> dict:
@@ -110,9 +154,27 @@ def export_teacher(ckpt_path: str | os.PathLike, out_path: str | os.PathLike) ->
     return export_teacher_onnx(model, shape, out_path).to_dict()
 
 
-def normalise_nir(in_path: str | os.PathLike, out_path: str | os.PathLike, dt: float | None = None) -> Graph:
-    """Read any NIR file (foreign or lasnn), validate it, and write it with lasnn's metadata."""
+def normalise_nir(
+    in_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    dt: float | None = None,
+    profile: str | None = None,
+) -> Graph:
+    """Read any NIR file (foreign or lasnn), validate it, and write it with lasnn's metadata (rewritten for
+    a reader's ``profile`` if given)."""
     graph = read_nir(in_path, dt=dt)
+    if profile not in (None, "lasnn"):
+        from lasnn.export.profiles import apply_profile
+
+        names: dict[str, str] = {}
+        write_nir(apply_profile(graph, profile, names), out_path)
+        written = read_nir(out_path)
+        try:  # the file as written (AvgPool2d of the snnTorch profile included) against the original
+            _same_as(graph, written, names)
+        except LasnnError:
+            Path(out_path).unlink(missing_ok=True)
+            raise
+        return written
     write_nir(graph, out_path)
     return read_nir(out_path)
 
@@ -124,7 +186,8 @@ def _summary(graph: Graph) -> str:
     return (
         f"{len(graph.nodes)} nodes, {len(neurons)} spiking layers ({count} neurons), "
         f"T={meta.get('timesteps', '?')}, "
-        f"encoding={meta.get('encoding', '?')}, dt={meta.get('dt')}"
+        f"encoding={meta.get('encoding', '?')}, dt={meta.get('dt')}, "
+        f"profile={meta.get('export_profile', 'lasnn')}"
     )
 
 
@@ -132,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
     source = Path(args.checkpoint)
     if source.is_file() and source.suffix == ".nir" or (source.is_file() and h5py.is_hdf5(source)):
         out = Path(args.output or source.with_name(source.stem + ".lasnn.nir"))
-        graph = normalise_nir(source, out, args.dt)
+        graph = normalise_nir(source, out, args.dt, args.profile)
         print(f"wrote {out}: {_summary(graph)}")
         return 0
     path = _checkpoint_path(source)
@@ -154,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
             f"{path} is a {kind} (spiking) checkpoint; ONNX export is for teachers, use -o FILE.nir."
         )
     out = Path(args.output or path.with_name("model.nir"))
-    graph = export_student(path, out, verify=not args.no_verify)
+    graph = export_student(path, out, verify=not args.no_verify, profile=args.profile or "portable")
     checked = graph.metadata.get("verified_spikes")
     tail = (
         f"; float reference reproduces the student's {checked} spikes on {CHECK_SAMPLES} samples"
@@ -186,6 +249,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=float,
         default=None,
         help="time step in seconds for a foreign NIR file without one (default: its metadata, else 1e-4)",
+    )
+    p.add_argument(
+        "--for",
+        dest="profile",
+        choices=("portable", "snntorch", "norse", "sinabs", "lasnn"),
+        help="the reader to write for: its dt, node set and names (default for a student: portable, "
+        "dt = 1e-4, no Scale nodes, no dots in names; lasnn: lasnn's own layout, dt = 1e-3; a .nir input "
+        "is rewritten only when --for is given)",
     )
     p.add_argument(
         "--no-verify", action="store_true", help="skip re-running the written graph against the student"

@@ -141,6 +141,7 @@ def graph_to_nir(graph: Graph) -> nir.NIRGraph:
             "continuous-time parameters."
         )
     dt = float(graph.metadata["dt"])
+    avg_pools = set(filter(None, str(graph.metadata.get("lasnn_avgpool", "")).split(",")))
     nodes: dict[str, nir.NIRNode] = {}
     for name, node in graph.nodes.items():
         if isinstance(node, Input):
@@ -163,6 +164,12 @@ def graph_to_nir(graph: Graph) -> nir.NIRGraph:
                 groups=int(node.groups),
                 bias=bias,
                 metadata={} if node.bias is not None else {"lasnn_bias": "none"},
+            )
+        elif isinstance(node, SumPool2d) and name in avg_pools:  # export profile: k^2 folded downstream
+            nodes[name] = nir.AvgPool2d(
+                kernel_size=np.array(node.kernel_size),
+                stride=np.array(node.stride),
+                padding=np.array(node.padding),
             )
         elif isinstance(node, SumPool2d):
             nodes[name] = nir.SumPool2d(
