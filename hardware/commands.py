@@ -48,13 +48,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lasnn.artifacts import check_writable
-    from lasnn.hardware.compiled_model import compile_graph
+    from lasnn.api import compile_loihi  # the verb is a thin caller of the Python API
 
-    check_writable(args.output)
-    model = compile_graph(
+    model = compile_loihi(
         args.graph,
-        calibration=args.calibration,
+        args.calibration,
         dataset=args.dataset,
         data_root=args.data_root,
         timesteps=args.timesteps,
@@ -62,8 +60,8 @@ def run(args: argparse.Namespace) -> int:
         calibration_samples=args.calibration_samples,
         margin=args.margin,
         dt=args.dt,
+        out=args.output,
     )
-    model.save(args.output)
     prov = model.provenance
     summary = {
         "layers": len(model.loihi.layers),

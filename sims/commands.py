@@ -62,11 +62,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lasnn.sims.run_simulation import simulate
+    from lasnn.api import simulate  # the verb is a thin caller of the Python API
 
     record = simulate(
         args.graph,
-        backend=args.backend,
+        args.backend,
         dataset=args.dataset,
         samples=args.samples,
         batch_size=args.batch_size,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from lasnn.hardware.energy import BUILTIN_MODELS, FIRST_LAYER_MODES
-from lasnn.reports.report import DEFAULT_MODELS, make_report, summary_rows
+from lasnn.reports.report import DEFAULT_MODELS, summary_rows
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -44,7 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    result = make_report(
+    from lasnn.api import energy_report  # the verb is a thin caller of the Python API
+
+    report = energy_report(
         args.runs,
         args.out,
         teacher=args.teacher,
@@ -53,11 +55,11 @@ def run(args: argparse.Namespace) -> int:
         first_layer=args.first_layer,
         sweep=args.sweep,
     )
-    for line in result["report"]["headlines"]:
+    for line in report["headlines"]:
         print(line)
-    header, rows = summary_rows(result["report"])
+    header, rows = summary_rows(report)
     print(format_table(header, rows))
-    print(f"wrote {result['files']['report.html']} (and report.md, report.json, plots)")
+    print(f"wrote {report['files']['report.html']} (and report.md, report.json, plots)")
     return 0
 
 
