@@ -384,3 +384,31 @@ def test_errors_are_one_lasnn_error_sentence(tmp_path: Path) -> None:
         with pytest.raises(LasnnError) as error:
             call()
         assert fragment in _one_sentence(error), (fragment, str(error.value))
+
+
+def test_export_profiles_in_memory_and_on_disk(tmp_path: Path) -> None:
+    profiles = lasnn.export_profiles()
+    assert "lasnn" in profiles
+    if "portable" not in profiles:
+        pytest.skip("this lasnn has no reader profiles")
+    torch.manual_seed(0)
+    student = make_student((1, 8, 8), 10, widths=(8, 16), timesteps=2).eval()
+    for layer in student.modules():  # louder weights, so that every layer fires
+        if isinstance(layer, nn.Conv2d):
+            layer.weight.data *= 4
+    portable = export_nir(student, tmp_path / "portable.nir", dataset="digits", profile="portable")
+    in_memory = export_nir(student, dataset="digits", profile="portable")
+    own = export_nir(student, tmp_path / "lasnn.nir", dataset="digits")
+    assert portable.dt == in_memory.dt == 1e-4 and own.dt == 1e-3 and portable.profile == "portable"
+    nodes = nir.read(portable.path).nodes
+    assert set(nodes) == set(in_memory.nir_graph.nodes)
+    assert not any("." in name for name in nodes) and not any(
+        isinstance(n, nir.Scale) for n in nodes.values()
+    )
+    # the rewritten graph computes what lasnn's own layout computes
+    a, b = simulate(own, "float", samples=40), simulate(portable, "float", samples=40)
+    assert a["correct"] == b["correct"]
+    assert [layer["spikes"] for layer in a["layers"]] == [layer["spikes"] for layer in b["layers"]]
+    assert sum(layer["spikes"] for layer in a["layers"]) > 0
+    with pytest.raises(LasnnError, match="cannot express"):
+        export_nir(student, profile="sinabs")
