@@ -22,7 +22,7 @@ import torch
 
 from lasnn.artifacts import load_checkpoint
 from lasnn.errors import LasnnError
-from lasnn.export.graph import Graph, Neuron
+from lasnn.export.graph import Graph
 from lasnn.export.lowering import lower_student
 from lasnn.export.nir_io import read_nir, write_nir
 
@@ -179,24 +179,14 @@ def normalise_nir(
     return read_nir(out_path)
 
 
-def _summary(graph: Graph) -> str:
-    neurons = [n for n in graph.nodes.values() if isinstance(n, Neuron)]
-    count = sum(int(np.prod(n.shape)) for n in neurons)
-    meta = graph.metadata
-    return (
-        f"{len(graph.nodes)} nodes, {len(neurons)} spiking layers ({count} neurons), "
-        f"T={meta.get('timesteps', '?')}, "
-        f"encoding={meta.get('encoding', '?')}, dt={meta.get('dt')}, "
-        f"profile={meta.get('export_profile', 'lasnn')}"
-    )
-
-
 def run(args: argparse.Namespace) -> int:
+    from lasnn.api import export_nir, export_onnx  # the verb is a thin caller of the Python API
+
     source = Path(args.checkpoint)
     if source.is_file() and source.suffix == ".nir" or (source.is_file() and h5py.is_hdf5(source)):
         out = Path(args.output or source.with_name(source.stem + ".lasnn.nir"))
-        graph = normalise_nir(source, out, args.dt, args.profile)
-        print(f"wrote {out}: {_summary(graph)}")
+        result = export_nir(source, out, dt=args.dt, profile=args.profile)
+        print(f"wrote {out}: {result.summary()}")
         return 0
     path = _checkpoint_path(source)
     kind = load_checkpoint(path, ("student", "converted", "teacher")).get("kind")
@@ -206,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
                 f"{path} is a teacher; teachers export to ONNX, pass --onnx FILE.onnx instead of -o."
             )
         out = Path(args.onnx or path.with_name("teacher.onnx"))
-        report = export_teacher(path, out)
+        report = export_onnx(path, out)
         print(
             f"wrote {out}: opset {report['opset']}, onnx.checker passed, max |torch - ONNX reference| = "
             f"{report['max_abs_diff']:.3g} on {report['samples']} samples (limit {report['tolerance']:g})"
@@ -217,14 +207,14 @@ def run(args: argparse.Namespace) -> int:
             f"{path} is a {kind} (spiking) checkpoint; ONNX export is for teachers, use -o FILE.nir."
         )
     out = Path(args.output or path.with_name("model.nir"))
-    graph = export_student(path, out, verify=not args.no_verify, profile=args.profile or "portable")
-    checked = graph.metadata.get("verified_spikes")
+    result = export_nir(path, out, verify=not args.no_verify, profile=args.profile or "portable")
+    checked = result.verified_spikes
     tail = (
         f"; float reference reproduces the student's {checked} spikes on {CHECK_SAMPLES} samples"
         if checked is not None
         else ""
     )
-    print(f"wrote {out}: {_summary(graph)}{tail}")
+    print(f"wrote {out}: {result.summary()}{tail}")
     return 0
 
 

@@ -539,7 +539,7 @@ class ExportResult:
         return (
             f"{self.nodes} nodes, {self.spiking_layers} spiking layers ({self.neurons} neurons), "
             f"T={self.timesteps if self.timesteps is not None else '?'}, "
-            f"encoding={self.encoding or '?'}, dt={self.dt}"
+            f"encoding={self.encoding or '?'}, dt={self.dt}, profile={self.profile or 'lasnn'}"
         )
 
 
@@ -560,7 +560,7 @@ def _export_result(graph: Any, path: str | None, profile: str | None) -> ExportR
         dt=meta.get("dt"),
         dataset=meta.get("dataset"),
         verified_spikes=meta.get("verified_spikes"),
-        profile=profile,
+        profile=meta.get("export_profile") or profile,
     )
 
 
