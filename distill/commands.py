@@ -19,7 +19,9 @@ import torch
 from torch.nn import functional as F
 
 from lasnn.artifacts import write_json
-from lasnn.data import DATASETS, first_samples, load_dataset
+from lasnn.data import DATASETS, ImageArrayDataset, first_samples, load_dataset
+from lasnn.distill import airbench_recipe
+from lasnn.distill.airbench_recipe import RECIPES
 from lasnn.distill.attention import AGGREGATES, AttentionProbe, set_membrane_recording
 from lasnn.distill.checkpoints import (
     data_metadata,
@@ -29,31 +31,34 @@ from lasnn.distill.checkpoints import (
     save_teacher,
     teacher_path_of,
 )
+from lasnn.distill.conversion_commands import student_from_converted
 from lasnn.distill.distributed import data_parallel, is_main_process
 from lasnn.distill.energy_loss import build_energy_term
 from lasnn.distill.losses import LOSSES, SCHEDULES, LossConfig, objective
 from lasnn.distill.spiking_layers import NeuronConfig
-from lasnn.distill.students import SpikingStudent, resnet_student, vgg_student
-from lasnn.distill.teachers import ARCHS, build_teacher, user_teacher
+from lasnn.distill.students import SpikingStudent, airbench_student, resnet_student, vgg_student
+from lasnn.distill.teachers import ACTIVATIONS, ARCHS, build_teacher, user_teacher, whiten_first_conv
 from lasnn.distill.training import TrainSettings, fit, resolve_device
 from lasnn.encoding import ENCODINGS
 from lasnn.errors import LasnnError
 
-STUDENTS = ("vgg", "resnet")
+STUDENTS = ("vgg", "resnet", "airbench")
 NEURONS = ("lifbox", "cubalif")
 
 # Per-data-set defaults. digits: chosen to finish in about a minute each on a 2-core CPU (measured, see
-# bench/results/distill_digits.md); the others follow the CIFAR training recipes of the LaSNN family
-# (SGD, 200 epochs, batch 128, lr 0.1 cosine, ResNet-19 teacher).
+# bench/results/distill_digits.md). CIFAR: the airbench recipe and network (distill/airbench_recipe.py;
+# 10 epochs of the full-width teacher ~30 min on a 2-core CPU), the student its half-width spiking twin.
+# The rest follow the LaSNN family's recipes (SGD, batch 128, lr 0.1 cosine).
 _CIFAR_DEFAULTS: dict[str, Any] = dict(
-    arch="resnet19",
-    teach_epochs=200,
-    student="resnet",
-    widths="128,256,512",
-    blocks=2,
-    distill_epochs=200,
-    batch_size=128,
+    arch="airbench",
+    teach_epochs=10,
+    student="airbench",
+    widths="32,128,128",
+    blocks=1,
+    distill_epochs=10,
+    batch_size=512,
     timesteps=4,
+    recipe="airbench",
 )
 DEFAULTS: dict[str, dict[str, Any]] = {
     "digits": dict(
@@ -65,6 +70,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         distill_epochs=10,
         batch_size=32,
         timesteps=4,
+        recipe="sgd",
     ),
     "cifar10": _CIFAR_DEFAULTS,
     "cifar100": _CIFAR_DEFAULTS,
@@ -77,6 +83,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         distill_epochs=100,
         batch_size=128,
         timesteps=4,
+        recipe="sgd",
     ),
     "imagefolder": dict(
         arch="vgg11",
@@ -87,13 +94,17 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         distill_epochs=50,
         batch_size=64,
         timesteps=4,
+        recipe="sgd",
     ),
 }
 DEFAULT_BETA = 10.0
 
 
-def default_lr(batch_size: int) -> float:
-    """lr 0.1 with cosine decay, halved for batches of 64 or fewer (the literature's recipe)."""
+def default_lr(batch_size: int, recipe: str = "sgd") -> float:
+    """sgd: lr 0.1 with cosine decay, halved for batches of 64 or fewer (the literature's recipe);
+    airbench: its rate per 1,024 examples (11.5)."""
+    if recipe == "airbench":
+        return airbench_recipe.HYPER.lr_per_1024
     return 0.05 if batch_size <= 64 else 0.1
 
 
@@ -117,18 +128,37 @@ def _out_dir(out: str | os.PathLike) -> Path:
 
 
 def _settings(
-    epochs: int, batch_size: int, lr: float | None, seed: int, device: str, deterministic: bool | None
+    epochs: int,
+    batch_size: int,
+    lr: float | None,
+    seed: int,
+    device: str,
+    deterministic: bool | None,
+    recipe: str = "sgd",
 ) -> TrainSettings:
     device = resolve_device(device)
     return TrainSettings(
         epochs=epochs,
         batch_size=batch_size,
-        lr=default_lr(batch_size) if lr is None else lr,
+        lr=default_lr(batch_size, recipe) if lr is None else lr,
         seed=seed,
         device=device,
         deterministic=deterministic,
         num_workers=default_workers(device),
+        recipe=recipe,
     )
+
+
+def label_smoothing(recipe: str) -> float:
+    """The cross-entropy's label smoothing: airbench's 0.2 with its recipe, none otherwise."""
+    return airbench_recipe.HYPER.label_smoothing if recipe == "airbench" else 0.0
+
+
+def whiten_stem(model: torch.nn.Module, train_set: ImageArrayDataset, seed: int, samples: int = 5000) -> None:
+    """Freeze a 2x2 whitening first conv at the patch whitening of ``samples`` training images drawn with
+    ``seed`` (airbench uses 5,000); a model without such a conv is left as it is."""
+    order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed))
+    whiten_first_conv(model, train_set.normalised(order[:samples]))
 
 
 def default_workers(device: str) -> int:
@@ -168,9 +198,17 @@ def teach(
     download: bool = False,
     deterministic: bool | None = None,
     compile: bool = False,
+    recipe: str | None = None,
+    activation: str | None = None,
+    levels: int = 4,
 ) -> dict[str, Any]:
-    """Train an ANN teacher; writes ``out/teacher.pt`` and ``out/metrics.json``, returns the metrics."""
+    """Train an ANN teacher; writes ``out/teacher.pt`` and ``out/metrics.json``, returns the metrics.
+
+    ``activation`` (lasnn's teachers; default ReLU, airbench GELU): ``qcfs`` trains the QCFS teacher
+    (``levels`` quantisation levels) that ``lasnn convert`` turns into IF neurons; airbench then pools
+    by averaging."""
     d = _defaults(dataset)
+    recipe = recipe or d["recipe"]
     if not (width > 0 and math.isfinite(width)):
         raise LasnnError(f"--width is {width!r}; expected a positive channel width multiplier like 1 or 0.5.")
     arch = arch or d["arch"]
@@ -181,15 +219,18 @@ def teach(
         seed,
         device,
         deterministic,
+        recipe,
     )
     train_set, info = load_dataset(dataset, "train", data_root, download=download)
     test_set, _ = load_dataset(dataset, "test", data_root, augment=False)
     torch.manual_seed(seed)  # initial weights
     if arch in ARCHS:
-        model = build_teacher(
-            dict(arch=arch, in_shape=list(info.input_shape), num_classes=info.num_classes, width=width)
-        )
+        config = dict(arch=arch, in_shape=list(info.input_shape), num_classes=info.num_classes, width=width)
+        config.update(_activation_config(arch, activation, levels))
+        model = build_teacher(config)
     elif ":" in arch:
+        if activation is not None:
+            raise LasnnError(f"--activation applies to lasnn's own teachers, not to --arch {arch}.")
         model = user_teacher(arch, info.input_shape, info.num_classes)
     else:
         raise LasnnError(
@@ -197,13 +238,18 @@ def teach(
         )
     if init_state:
         _load_init_state(model, init_state)
+    else:
+        whiten_stem(model, train_set, seed)
+    if recipe == "airbench":
+        model.to(memory_format=torch.channels_last)
+    smoothing = label_smoothing(recipe)
     out = _out_dir(out)  # only once every input is known to be good: a refused run leaves no folder
     forward = torch.compile(model, dynamic=False) if compile else model
     train_forward = data_parallel(model, settings.device, forward, compile=compile)  # DDP under torchrun
 
     def loss_fn(images: torch.Tensor, labels: torch.Tensor, _progress: float):
         logits = train_forward(images)
-        loss = F.cross_entropy(logits.float(), labels)
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=smoothing)
         return loss, logits, {"ce": float(loss.detach())}
 
     run_config = {"verb": "teach", "dataset": dataset, "model": model.config}
@@ -214,12 +260,31 @@ def teach(
         **data_metadata(dataset, data_root, info, seed),
         test_accuracy=metrics["test_accuracy"],
         epochs=settings.epochs,
+        recipe=recipe,
     )
-    metrics = {**metrics, "dataset": dataset, "arch": arch, "parameters": _count(model)}
+    metrics = {**metrics, "dataset": dataset, "arch": arch, "recipe": recipe, "parameters": _count(model)}
     if is_main_process():  # under torchrun, rank 0 writes
         save_teacher(out / "teacher.pt", model.cpu(), model.config, metadata)
         write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def _activation_config(arch: str, activation: str | None, levels: int) -> dict[str, Any]:
+    """Teacher config keys for ``--activation``/``--levels`` (none when not given: the arch's default)."""
+    if activation is None:
+        return {}
+    if activation not in ACTIVATIONS:
+        raise LasnnError(f"--activation {activation!r} is unknown; expected one of {', '.join(ACTIVATIONS)}.")
+    if not isinstance(levels, int) or levels < 1:
+        raise LasnnError(f"--levels is {levels!r}; expected a positive integer (QCFS quantisation levels).")
+    if arch.startswith("resnet") and activation != "relu":
+        raise LasnnError(
+            f"--activation {activation} is not offered for {arch}; use small_cnn, vgg or airbench."
+        )
+    config: dict[str, Any] = dict(activation=activation, levels=levels)
+    if arch == "airbench" and activation == "qcfs":
+        config["pool"] = "avg"  # convertible: spiking layers cannot max-pool
+    return config
 
 
 def _load_init_state(model: torch.nn.Module, path: str) -> None:
@@ -257,13 +322,13 @@ def parse_widths(text: str, student: str) -> tuple:
     if (
         not stages
         or any(w < 1 for s in stages for w in s)
-        or (student == "resnet" and any(len(s) != 1 for s in stages))
+        or (student != "vgg" and any(len(s) != 1 for s in stages))
     ):
-        form = "'32,64' (one width per stage)" if student == "resnet" else "'32,64' or '32-32,64-64'"
+        form = "'32,64' (one width per stage)" if student != "vgg" else "'32,64' or '32-32,64-64'"
         raise LasnnError(
             f"--widths {text!r} is not a valid {student} width list; expected positive integers like {form}."
         )
-    if student == "resnet":
+    if student != "vgg":
         return tuple(s[0] for s in stages)
     return tuple(tuple(s) for s in stages)
 
@@ -295,6 +360,13 @@ def build_distill_student(
                 f"{info_shape[2]} input; use at most {int(math.log2(min(info_shape[1:])))}."
             )
         return vgg_student(info_shape, num_classes, parsed, timesteps, encoding, neurons)
+    if student == "airbench":
+        if len(parsed) > int(math.log2(min(info_shape[1:]) - 1)):
+            raise LasnnError(
+                f"--widths {widths!r} has {len(parsed)} stages, each halving the {info_shape[1]}x"
+                f"{info_shape[2]} input; use at most {int(math.log2(min(info_shape[1:]) - 1))}."
+            )
+        return airbench_student(info_shape, num_classes, parsed, timesteps, encoding, neurons)
     if blocks < 1:
         raise LasnnError(f"--blocks is {blocks!r}; expected a positive integer.")
     return resnet_student(info_shape, num_classes, parsed, blocks, timesteps, encoding, neurons)
@@ -308,7 +380,7 @@ def distill(
     blocks: int | None = None,
     timesteps: int | None = None,
     encoding: str = "direct",
-    neuron: str = "lifbox",
+    neuron: str | None = None,
     loss: str = "lasnn",
     schedule: str = "joint",
     aggregate: str = "membrane",
@@ -326,10 +398,12 @@ def distill(
     data_root: str | None = None,
     deterministic: bool | None = None,
     compile: bool = False,
+    recipe: str | None = None,
     energy_weight: float | None = None,
     energy_target: float | None = None,
     energy_model: str = "loihi",
     init: str | os.PathLike | None = None,
+    init_from: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Distill a spiking student from a teacher; writes ``out/student.pt`` and ``out/metrics.json``.
 
@@ -361,6 +435,7 @@ def distill(
         )
     student_arch = student or d["student"]
     timesteps = d["timesteps"] if timesteps is None else timesteps
+    recipe = recipe or d["recipe"]
     settings = _settings(
         d["distill_epochs"] if epochs is None else epochs,
         d["batch_size"] if batch_size is None else batch_size,
@@ -368,22 +443,36 @@ def distill(
         seed,
         device,
         deterministic,
+        recipe,
     )
     torch.manual_seed(seed)  # initial weights
-    net = build_distill_student(
-        student_arch,
-        info.input_shape,
-        info.num_classes,
-        widths or d["widths"],
-        d["blocks"] if blocks is None else blocks,
-        timesteps,
-        encoding,
-        neuron,
-    )
+    if init_from:  # the converted network's architecture and weights (conversion + distillation)
+        if student or widths or blocks or init:
+            raise LasnnError(
+                "--init-from takes the converted network's architecture and weights; drop "
+                "--student/--widths/--blocks/--init."
+            )
+        net = student_from_converted(
+            init_from, info.input_shape, info.num_classes, timesteps, encoding, neuron
+        )
+    else:
+        net = build_distill_student(
+            student_arch,
+            info.input_shape,
+            info.num_classes,
+            widths or d["widths"],
+            d["blocks"] if blocks is None else blocks,
+            timesteps,
+            encoding,
+            neuron or "lifbox",
+        )
+        whiten_stem(net, train_set, seed)
     if init:
         init_student_weights(net, init)
     energy = build_energy_term(net, energy_weight, energy_target, energy_model)
-    config = LossConfig(kind=loss, alpha=alpha, tau=tau, beta=beta, schedule=schedule)
+    config = LossConfig(
+        kind=loss, alpha=alpha, tau=tau, beta=beta, schedule=schedule, label_smoothing=label_smoothing(recipe)
+    )
     probe = None
     if config.needs_attention:
         probe = AttentionProbe(teacher_model, net, first_samples(test_set, 4)[0], config.p, aggregate, pairs)
@@ -445,7 +534,8 @@ def distill(
         **data_metadata(dataset, data_root, info, seed),
         timesteps=timesteps,
         encoding=encoding,
-        dt=net.config["neuron"]["dt"],
+        recipe=recipe,
+        dt=net.neuron_layers()[0][1].config.dt,
         loss=loss,
         loss_config=loss_record,
         teacher=str(teacher_file),
@@ -456,6 +546,7 @@ def distill(
         **metrics,
         "timesteps": timesteps,
         "loss": loss,
+        "recipe": recipe,
         "encoding": encoding,
         "schedule": schedule,
         "aggregate": aggregate,
@@ -489,6 +580,13 @@ def _common(parser: argparse.ArgumentParser) -> None:
         help="deterministic algorithms (default: on for CPU, off for GPU)",
     )
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
+    parser.add_argument(
+        "--recipe",
+        choices=RECIPES,
+        help="sgd (momentum SGD, cosine lr) or airbench (distill/airbench_recipe.py: batched tensor "
+        "augmentation, Nesterov with decoupled decay, triangular lr, label smoothing 0.2, lookahead; "
+        "--lr is then per 1,024 examples); default: airbench for CIFAR, sgd otherwise",
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -506,6 +604,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--width", type=float, default=1.0, help="channel width multiplier of lasnn's teachers")
     p.add_argument("--init-state", help="state dict to start a module:function model from")
+    p.add_argument(
+        "--activation",
+        choices=ACTIVATIONS,
+        help="teacher nonlinearity (default relu, airbench gelu); qcfs: convertible by lasnn convert",
+    )
+    p.add_argument("--levels", type=int, default=4, help="QCFS quantisation levels L (default 4)")
     p.add_argument("--out", required=True, help="output directory")
     _common(p)
     p.set_defaults(func=_teach_cli)
@@ -522,7 +626,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--blocks", type=int, help="residual blocks per stage (resnet)")
     p.add_argument("--timesteps", "-T", type=int, help="time steps T (default 4)")
     p.add_argument("--encoding", default="direct", choices=ENCODINGS, help="input encoding (default direct)")
-    p.add_argument("--neuron", default="lifbox", choices=NEURONS, help="neuron model (default lifbox)")
+    p.add_argument(
+        "--neuron",
+        choices=(*NEURONS, "if"),
+        help="neuron model (default lifbox; with --init-from the converted IF neurons, 'if')",
+    )
+    p.add_argument(
+        "--init-from",
+        help="start from lasnn convert's student.pt: its architecture and weights (conversion + distill)",
+    )
     p.add_argument("--loss", default="lasnn", choices=LOSSES, help="lasnn, kd (CE+KD) or ce (default lasnn)")
     p.add_argument("--schedule", default="joint", choices=SCHEDULES, help="joint or progressive (layer-wise)")
     p.add_argument(
@@ -587,6 +699,9 @@ def _teach_cli(args: argparse.Namespace) -> int:
         download=args.download,
         deterministic=args.deterministic,
         compile=args.compile,
+        recipe=args.recipe,
+        activation=args.activation,
+        levels=args.levels,
     )
     if is_main_process():
         print(f"teacher test accuracy {metrics['test_accuracy']:.4f}; wrote {Path(args.out) / 'teacher.pt'}")
@@ -620,10 +735,12 @@ def _distill_cli(args: argparse.Namespace) -> int:
         data_root=args.data_root,
         deterministic=args.deterministic,
         compile=args.compile,
+        recipe=args.recipe,
         energy_weight=args.energy_weight,
         energy_target=args.energy_target,
         energy_model=args.energy_model,
         init=args.init,
+        init_from=args.init_from,
     )
     if is_main_process():
         print(

@@ -20,9 +20,18 @@
    ``direct`` (the analog image every step).
 
 Option ``shift`` (with reset by subtraction; norse only, since Loihi resets to zero): every membrane
-starts at half its threshold, the "shift" term of QCFS conversion (Bu et al., ICLR 2022) applied without
-retraining; it turns the rate's floor into rounding and helps most at low T. A QCFS-trained teacher
-activation is not built.
+starts at half its threshold, the "shift" term of QCFS conversion (Bu et al., ICLR 2022); it turns the
+rate's floor into rounding and helps most at low T.
+
+QCFS teachers (``lasnn.distill.qcfs.QCFS`` activations, ``lasnn teach --activation qcfs``): a QCFS layer
+becomes IF neurons whose threshold is its learnt ``lambda`` (no percentile calibration); with reset by
+subtraction and ``shift`` this is Bu et al.'s conversion: a layer fed by a constant current ``z`` (the
+first layer, direct input) fires ``floor(T z / lambda + 1/2)`` times in T steps (clipped to [0, T]), i.e.
+its rate times ``lambda`` is exactly QCFS with T levels, the teacher's own activation at T = L. Reset to
+zero (no shift) is the Loihi-compatible variant. Parsed beyond plain chains: batch norm after an average
+(or replaced max) pooling is folded into the conv before it (a per-channel affine map commutes with
+average pooling: the window's weights sum to one); a constant scale (``teachers.Scale``, ``x * c``)
+after a conv/linear layer is folded into it; square global pooling becomes one pooling window.
 
 Written by hand: norse and NIR have no ANN->SNN converter for arbitrary torch models (snntoolbox targets
 Keras). ``evaluate_curve`` measures accuracy at several T in one run at the largest T: with IF neurons and
@@ -44,6 +53,7 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn import functional as F
 
+from lasnn.distill.qcfs import QCFS
 from lasnn.distill.spiking_layers import (
     NeuronConfig,
     ResidualBlock,
@@ -53,6 +63,7 @@ from lasnn.distill.spiking_layers import (
     SpikingNeurons,
 )
 from lasnn.distill.students import SpikingStudent
+from lasnn.distill.teachers import Scale
 from lasnn.errors import LasnnError
 
 RESETS = ("zero", "subtract")
@@ -87,6 +98,7 @@ _NONLINEAR_MODULES = (
 _RELU_FUNCS = (F.relu, torch.relu, torch.relu_, F.relu_)
 _ADD_FUNCS = (operator.add, operator.iadd, torch.add)
 _IDENTITY_FUNCS = (F.dropout, F.dropout2d, F.dropout1d, F.alpha_dropout)
+_MUL_FUNCS = (operator.mul, torch.mul, operator.truediv, torch.div)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -128,7 +140,8 @@ class _Syn:
 @dataclass
 class _Relu:
     name: str
-    threshold: float | None = None  # lambda, set by calibration
+    threshold: float | None = None  # lambda, set by calibration (or taken from a QCFS layer)
+    levels: int | None = None  # QCFS quantisation levels L; None for a ReLU
 
 
 @dataclass
@@ -211,12 +224,27 @@ def _square(value: int | Sequence[int], what: str, name: str) -> int:
     return int(values[0])
 
 
+class _Tracer(fx.Tracer):
+    """torch.fx's tracer with QCFS and Scale kept as leaf modules (fx would trace into their forward)."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, QCFS | Scale) or super().is_leaf_module(m, module_qualified_name)
+
+
+def _qcfs_activation(relu: _Relu, x: torch.Tensor) -> torch.Tensor:
+    """The QCFS function of a parsed QCFS layer (``lambda * clamp(floor(x L / lambda + 1/2) / L, 0, 1)``)."""
+    lam, levels = float(relu.threshold), int(relu.levels)
+    return lam * torch.clamp(torch.floor(x * (levels / lam) + 0.5) / levels, 0.0, 1.0)
+
+
 class _TeacherParser:
     """Walks the fx graph of a teacher from its input to its output (see the module docstring)."""
 
     def __init__(self, teacher: nn.Module, example: torch.Tensor) -> None:
         try:
-            self.graph = fx.symbolic_trace(teacher)
+            tracer = _Tracer()
+            graph = tracer.trace(teacher)
+            self.graph = fx.GraphModule(tracer.root, graph, type(teacher).__name__)
         except Exception as error:  # fx raises many types on data-dependent control flow
             raise LasnnError(
                 f"The teacher {type(teacher).__name__} cannot be traced by torch.fx "
@@ -322,16 +350,31 @@ class _TeacherParser:
         if relu is None or not self._is_relu(relu):
             what = self._label(after[0]) if len(after) == 1 else f"{len(after)} layers"
             raise LasnnError(
-                f"The residual addition '{add.name}' is followed by {what}, not a ReLU; "
+                f"The residual addition '{add.name}' is followed by {what}, not a ReLU or QCFS; "
                 "conversion needs relu(branch(x) + shortcut(x))."
             )
         channels = self._shape(add)[1] if len(self._shape(add)) > 1 else 0
-        items.append(_Res(add.name, branch, shortcut, _Relu(self._label(relu)), channels))
+        items.append(_Res(add.name, branch, shortcut, self._activation(relu), channels))
         return relu
 
+    def _activation(self, node: fx.Node) -> _Relu:
+        """The item of a ReLU, or of a QCFS layer with its learnt lambda as the threshold."""
+        label = self._label(node)
+        module = self.modules.get(node.target) if node.op == "call_module" else None
+        if not isinstance(module, QCFS):
+            return _Relu(label)
+        lam = float(module.threshold.detach())
+        if not (math.isfinite(lam) and lam > 0):
+            raise LasnnError(
+                f"The QCFS layer '{label}' has threshold lambda = {lam!r}; conversion needs a positive "
+                "finite lambda (the IF neurons' threshold), retrain the teacher."
+            )
+        return _Relu(label, threshold=lam, levels=module.levels)
+
     def _is_relu(self, node: fx.Node) -> bool:
+        """ReLU or QCFS (both become IF neurons)."""
         if node.op == "call_module":
-            return type(self.modules[node.target]) is nn.ReLU
+            return type(self.modules[node.target]) is nn.ReLU or isinstance(self.modules[node.target], QCFS)
         if node.op == "call_function":
             return node.target in _RELU_FUNCS
         return node.op == "call_method" and node.target in ("relu", "relu_")
@@ -347,7 +390,7 @@ class _TeacherParser:
         """Append the item for one single-input node (or fold it into the previous item)."""
         label = self._label(node)
         if self._is_relu(node):
-            items.append(_Relu(label))
+            items.append(self._activation(node))
             return
         in_shape = self._shape(node.args[0]) if node.args and isinstance(node.args[0], fx.Node) else ()
         out_shape = self._shape(node)
@@ -356,7 +399,7 @@ class _TeacherParser:
             if isinstance(module, _NONLINEAR_MODULES):
                 raise LasnnError(
                     f"The teacher's layer '{label}' is a {type(module).__name__} nonlinearity; "
-                    "conversion to integrate-and-fire neurons needs ReLU activations only."
+                    "conversion to integrate-and-fire neurons needs ReLU or QCFS activations only."
                 )
             if isinstance(module, nn.Conv2d):
                 if module.padding_mode != "zeros" or isinstance(module.padding, str):
@@ -365,12 +408,16 @@ class _TeacherParser:
             elif isinstance(module, nn.Linear):
                 items.append(_Syn(label, _fresh_synapse(module)))
             elif isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d):
-                if not items or not isinstance(items[-1], _Syn) or items[-1].folded:
+                syn = self._synapse_before(items)
+                if syn is None or syn.folded:
                     raise LasnnError(
-                        f"Batch norm layer '{label}' does not directly follow a convolution or "
-                        "linear layer; conversion can only fold batch norm into such a layer."
+                        f"Batch norm layer '{label}' does not follow a convolution or linear layer "
+                        "(directly or through pooling); "
+                        "conversion can only fold batch norm into such a layer."
                     )
-                _fold_norm(items[-1], module, label)
+                _fold_norm(syn, module, label)
+            elif isinstance(module, Scale):
+                self._fold_scale(node, module.factor, items)
             elif isinstance(module, nn.AvgPool2d | nn.MaxPool2d):
                 is_max = isinstance(module, nn.MaxPool2d)
                 dilation = _square(module.dilation, "dilation", label) if is_max else 1
@@ -394,7 +441,9 @@ class _TeacherParser:
             name = getattr(target, "__name__", str(target))
             if target in _IDENTITY_FUNCS:
                 return
-            if target is torch.flatten:
+            if target in _MUL_FUNCS and self._constant_factor(node) is not None:
+                self._fold_scale(node, self._constant_factor(node), items)
+            elif target is torch.flatten:
                 self._flatten(node, in_shape, out_shape, items)
             elif target in (F.adaptive_avg_pool2d, F.adaptive_max_pool2d):
                 self._adaptive(node, in_shape, out_shape, target is F.adaptive_max_pool2d, items)
@@ -418,7 +467,7 @@ class _TeacherParser:
             ):
                 raise LasnnError(
                     f"The teacher's layer '{label}' is a {name} nonlinearity; conversion to "
-                    "integrate-and-fire neurons needs ReLU activations only."
+                    "integrate-and-fire neurons needs ReLU or QCFS activations only."
                 )
             else:
                 raise self._refuse(node, f"function {name}")
@@ -430,12 +479,47 @@ class _TeacherParser:
             elif node.target in ("sigmoid", "tanh", "softmax", "log_softmax"):
                 raise LasnnError(
                     f"The teacher's layer '{label}' is a {node.target} nonlinearity; conversion "
-                    "to integrate-and-fire neurons needs ReLU activations only."
+                    "to integrate-and-fire neurons needs ReLU or QCFS activations only."
                 )
             else:
                 raise self._refuse(node, f"method .{node.target}()")
         else:
             raise self._refuse(node, node.op)
+
+    @staticmethod
+    def _synapse_before(items: list) -> _Syn | None:
+        """The conv/linear item that a per-channel affine map after ``items`` can be folded into: the last
+        item, or the one before a run of poolings (every pooling of the converted network averages, and
+        an average of ``a x + b`` is ``a avg(x) + b`` per channel)."""
+        for item in reversed(items):
+            if isinstance(item, _Syn):
+                return item
+            if not isinstance(item, _Pool):
+                return None
+        return None
+
+    @staticmethod
+    def _constant_factor(node: fx.Node) -> float | None:
+        """``c`` of ``x * c``, ``c * x`` or ``x / c`` with a Python number ``c``; None otherwise."""
+        args = list(node.args)
+        if len(args) != 2 or node.kwargs:
+            return None
+        tensors = [a for a in args if isinstance(a, fx.Node)]
+        numbers = [a for a in args if isinstance(a, int | float) and not isinstance(a, bool)]
+        if len(tensors) != 1 or len(numbers) != 1:
+            return None
+        if node.target in (operator.truediv, torch.div):
+            return 1.0 / float(numbers[0]) if args[0] is tensors[0] and numbers[0] != 0 else None
+        return float(numbers[0])
+
+    def _fold_scale(self, node: fx.Node, factor: float, items: list) -> None:
+        """Fold a constant scale (airbench's logit scale 1/9) into the conv/linear layer before it."""
+        syn = self._synapse_before(items)
+        if syn is None:
+            raise self._refuse(node, "a constant scale that does not follow a convolution or linear layer")
+        with torch.no_grad():
+            syn.layer.weight.mul_(factor)
+            syn.layer.bias.mul_(factor)
 
     def _pool(self, node: fx.Node, kernel: int, stride: int, is_max: bool, items: list) -> None:
         if is_max:
@@ -480,7 +564,8 @@ class _TeacherParser:
 
 
 def _analog(items: list, x: torch.Tensor, percentile_p: float | None, pooling: str) -> torch.Tensor:
-    """Run the parsed ANN (folded, max->avg pooling) on ``x``; ReLU outputs are clipped at ``lambda``.
+    """Run the parsed ANN (folded, max->avg pooling) on ``x``; ReLU outputs are clipped at ``lambda``,
+    QCFS layers compute QCFS.
 
     With ``percentile_p`` set, a ReLU without a threshold gets ``lambda`` = that percentile of its
     activations first (calibration); a layer of all-zero activations gets 1.
@@ -500,6 +585,9 @@ def _analog(items: list, x: torch.Tensor, percentile_p: float | None, pooling: s
                 relu = item.relu
             else:
                 relu = item
+            if relu.levels is not None:  # QCFS: its own lambda, and the teacher's quantised activation
+                x = _qcfs_activation(relu, x)
+                continue
             x = torch.relu(x)
             if relu.threshold is None:
                 if percentile_p is None:
@@ -544,7 +632,8 @@ def _build(
         elif isinstance(item, _Flatten):
             modules.append(SeqFlatten())
         elif isinstance(item, _Relu):
-            modules.append(neurons(item.threshold))
+            # in units of the incoming signal (sum pooling between a synapse and the neurons scales it)
+            modules.append(neurons(item.threshold / scale))
             scale = item.threshold
         elif isinstance(item, _Res):
             branch, _ = _build(item.branch, scale, neurons, pooling)
@@ -679,6 +768,38 @@ def build_converted(config: dict, timesteps: int, encoding: str) -> SpikingStude
     return SpikingStudent(features, head, timesteps, encoding, list(config["stage_ends"]), config)
 
 
+def _retarget_specs(specs: list[dict], kind: str) -> None:
+    """Switch every neuron spec in ``specs`` (also in residual blocks) to ``kind``, keeping its threshold."""
+    for spec in specs:
+        if spec["type"] == "neurons":
+            old = spec["neuron"]
+            spec["neuron"] = NeuronConfig(kind=kind, dt=old["dt"], v_th=old["v_th"]).to_dict()
+        elif spec["type"] == "residual":
+            _retarget_specs([*spec["branch"], spec["neurons"]], kind)
+
+
+def trainable_from_converted(
+    converted: SpikingStudent, timesteps: int, encoding: str = "direct", neuron: str | None = None
+) -> SpikingStudent:
+    """A student to train (``lasnn distill --init-from``) with a converted network's architecture and
+    weights (BN folded, weights scaled by the thresholds, the thresholds as buffers).
+
+    ``neuron`` None or "if" keeps the converted IF neurons (threshold, reset, start potential): the
+    student's first forward is then exactly the converted network's at the same T and encoding, and
+    training starts from the conversion (surrogate gradients through the IF neurons). "lifbox" or
+    "cubalif" switch every layer to that leaky neuron (reset to zero, same threshold): a warm start
+    only, since a leak changes what the scaled weights mean. Not a copy of ``converted``'s modules: the
+    student is rebuilt from the (retargeted) config and loaded with its state dict.
+    """
+    config = copy.deepcopy(converted.config)
+    if neuron not in (None, "if"):
+        _retarget_specs(config["layers"], neuron)
+    config["neuron_model"] = neuron or "if"
+    student = build_converted(config, timesteps, encoding)
+    student.load_state_dict(converted.state_dict())
+    return student
+
+
 def convert(
     teacher: nn.Module,
     calibration_images: torch.Tensor,
@@ -761,7 +882,8 @@ def _relus(items: Iterable) -> list[_Relu]:
 
 
 def _relu_threshold(relu: _Relu) -> dict:
-    return {"layer": relu.name, "lambda": relu.threshold}
+    source = "percentile" if relu.levels is None else f"qcfs (L = {relu.levels})"
+    return {"layer": relu.name, "lambda": relu.threshold, "source": source}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -806,32 +928,96 @@ def eval_batch_size(student: SpikingStudent, timesteps: int, budget_elements: in
     return max(1, min(256, budget_elements // (timesteps * largest)))
 
 
+CURVE_CHUNK = 8  # time steps per chunk of evaluate_curve
+
+
+def _if_chunk(neurons: SpikingNeurons, currents: torch.Tensor, state: dict, key: str) -> torch.Tensor:
+    """IF neurons over one time chunk, the membrane carried in ``state[key]`` between chunks.
+
+    The same arithmetic as ``SpikingNeurons``' ``if`` branch (``v += I``; spike if ``v > v_th``, which is
+    ``v - v_th > 0`` exactly in IEEE arithmetic; ``v - z v_th`` or ``v_reset``), written in place: a few
+    large in-place operations per step instead of new tensors (measured: the step loop, not the convs,
+    dominated the full-T evaluation of an airbench-sized network on the 2-core CPU)."""
+    c = neurons.config
+    v = state.get(key)
+    if v is None:
+        v = torch.full_like(currents[0], c.v_reset, memory_format=torch.contiguous_format)
+    spikes = torch.empty_like(currents, memory_format=torch.contiguous_format)
+    v_th = neurons.v_th.to(currents.dtype)
+    for t in range(currents.shape[0]):
+        v.add_(currents[t])
+        if c.reset == "subtract":
+            torch.gt(v, v_th, out=spikes[t])
+            v.addcmul_(spikes[t], v_th, value=-1)  # v - z v_th: z v_th and its negation are exact
+        else:
+            fired = v > v_th
+            spikes[t].copy_(fired)
+            v.masked_fill_(fired, c.v_reset)
+    state[key] = v
+    return spikes
+
+
+def _run_chunk(modules: nn.Module, x: torch.Tensor, state: dict, prefix: str = "") -> torch.Tensor:
+    for name, module in modules.named_children():
+        key = prefix + name
+        if isinstance(module, SpikingNeurons):
+            x = _if_chunk(module, x, state, key)
+        elif isinstance(module, ResidualBlock):
+            skip = x if module.shortcut is None else module.shortcut(x)
+            x = _run_chunk(module.branch, x, state, key + ".branch.") + skip
+            x = _if_chunk(module.neurons, x, state, key + ".neurons")
+        else:
+            x = module(x)
+    return x
+
+
+def _chunked_currents(student: SpikingStudent, images: torch.Tensor, t_max: int, chunk: int):
+    """Readout currents ``[chunk, B, classes]`` of one run at ``t_max``, chunk by chunk (IF, direct input)."""
+    state: dict = {}
+    for start in range(0, t_max, chunk):
+        steps = min(chunk, t_max - start)
+        stream = images.unsqueeze(0).expand(steps, *images.shape)
+        yield student.head(student.flatten(_run_chunk(student.features, stream, state)))
+
+
 def evaluate_curve(
     student: SpikingStudent,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     timesteps_list: Sequence[int],
     progress: object | None = None,
     device: str | torch.device = "cpu",
+    chunk: int = CURVE_CHUNK,
 ) -> dict[int, float]:
     """Top-1 accuracy at every T of ``timesteps_list`` from one run at the largest T (see module doc).
 
     ``batches`` yields ``(images, labels)`` (moved to ``device``, where the student must already be);
-    ``progress`` (a tqdm bar) is advanced by images seen.
+    ``progress`` (a tqdm bar) is advanced by images seen. A converted network (IF neurons, direct input)
+    runs ``chunk`` steps at a time with its membranes carried over, so memory does not grow with T and
+    batches can be large (``eval_batch_size(student, chunk)``); the running sum of the readout after t
+    steps is the output of a network run for t steps. Other students run all T at once.
     """
     t_max = max(timesteps_list)
     saved_t = student.timesteps
     student.timesteps = t_max
     correct = dict.fromkeys(timesteps_list, 0)
     seen = 0
+    chunked = student.encoding == "direct" and all(m.config.kind == "if" for _, m in student.neuron_layers())
     student.eval()
     try:
         with torch.no_grad():
             for images, labels in batches:
                 images, labels = images.to(device), labels.to(device)
-                currents, _ = student.run(student.encode(images))
-                running = currents.cumsum(0)
-                for t in timesteps_list:
-                    correct[t] += int((running[t - 1].argmax(-1) == labels).sum())
+                if chunked:
+                    parts = _chunked_currents(student, images, t_max, max(1, int(chunk)))
+                else:
+                    parts = iter([student.run(student.encode(images))[0]])
+                done, carry = 0, None
+                for currents in parts:
+                    running = currents.cumsum(0) if carry is None else currents.cumsum(0) + carry
+                    for t in timesteps_list:
+                        if done < t <= done + len(running):
+                            correct[t] += int((running[t - done - 1].argmax(-1) == labels).sum())
+                    carry, done = running[-1], done + len(running)
                 seen += len(labels)
                 if progress is not None:
                     progress.update(len(labels))

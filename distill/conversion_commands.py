@@ -25,6 +25,7 @@ from lasnn.artifacts import check_writable, write_json
 from lasnn.data import load_dataset
 from lasnn.distill.checkpoints import data_metadata, load_teacher, save_student, teacher_path_of
 from lasnn.distill.conversion import (
+    CURVE_CHUNK,
     POOLINGS,
     RESETS,
     convert,
@@ -129,7 +130,7 @@ def convert_teacher(
     student = convert(teacher, calibration, max(steps), percentile, reset, pooling, shift)
     test_idx = subset_indices(len(test_set), test_samples, seed + 1)
     teacher_acc = _teacher_accuracy(teacher, test_set, test_idx)
-    batch = eval_batch_size(student, max(steps))
+    batch = eval_batch_size(student, min(CURVE_CHUNK, max(steps)))  # T runs in chunks (evaluate_curve)
     with tqdm(
         total=len(test_idx),
         desc=f"convert: accuracy at T={steps[0]}..{max(steps)}",
@@ -254,3 +255,39 @@ def _convert_cli(args: argparse.Namespace) -> int:
         f"{Path(args.out) / 'student.pt'} at T={metrics['chosen_timesteps']}"
     )
     return 0
+
+
+def student_from_converted(
+    path: str | os.PathLike,
+    input_shape: Sequence[int],
+    num_classes: int,
+    timesteps: int,
+    encoding: str,
+    neuron: str | None,
+) -> torch.nn.Module:
+    """The student ``lasnn distill --init-from converted.pt`` trains: the converted network's architecture
+    and weights (``conversion.trainable_from_converted``), checked against the data set."""
+    from lasnn.distill.checkpoints import load_student
+    from lasnn.distill.conversion import trainable_from_converted
+
+    if not Path(path).is_file():
+        raise LasnnError(f"--init-from {path} does not exist; pass the student.pt written by lasnn convert.")
+    converted, blob = load_student(path)
+    if blob["kind"] != "converted":
+        raise LasnnError(
+            f"--init-from {path} is a distilled student, not a converted network; pass lasnn convert's "
+            "student.pt (or use --init to fine-tune a distilled student)."
+        )
+    meta = blob["metadata"]
+    if list(meta["input_shape"]) != list(input_shape) or int(meta["num_classes"]) != int(num_classes):
+        raise LasnnError(
+            f"--init-from {path} was converted for {meta['num_classes']} classes of shape "
+            f"{tuple(meta['input_shape'])}, but the data set has {num_classes} of shape {tuple(input_shape)}."
+        )
+    if neuron not in (None, "if", "lifbox", "cubalif"):
+        raise LasnnError(f"--neuron {neuron!r} is unknown; expected if, lifbox or cubalif with --init-from.")
+    if not isinstance(timesteps, int) or timesteps < 1:
+        raise LasnnError(f"--timesteps is {timesteps!r}; expected a positive integer.")
+    student = trainable_from_converted(converted, timesteps, encoding, neuron)
+    student.config["init_from"] = str(path)
+    return student

@@ -38,6 +38,7 @@ class LossConfig:
     beta: float = 10.0
     p: float = 2.0
     schedule: str = "joint"
+    label_smoothing: float = 0.0
 
     def __post_init__(self) -> None:
         if self.kind not in LOSSES:
@@ -99,7 +100,11 @@ def objective(
     num_pairs = len(student_maps or [])
     logits_on, layers = phase(config, num_pairs, progress)
     zero = student_logits.new_zeros((), dtype=torch.float32)
-    ce = F.cross_entropy(student_logits.float(), labels) if logits_on else zero
+    ce = (
+        F.cross_entropy(student_logits.float(), labels, label_smoothing=config.label_smoothing)
+        if logits_on
+        else zero
+    )
     kd = zero
     if logits_on and config.kind in ("kd", "lasnn"):
         kd = config.alpha * kd_term(student_logits, teacher_logits, config.tau)

@@ -193,6 +193,47 @@ def resnet_student(
     return SpikingStudent(nn.Sequential(*layers), head, timesteps, encoding, stage_ends, config)
 
 
+def airbench_student(
+    in_shape: tuple[int, int, int],
+    num_classes: int,
+    widths: tuple[int, ...] = (64, 256, 256),
+    timesteps: int = 4,
+    encoding: str = "direct",
+    neuron: NeuronConfig | None = None,
+    pool: str = "avg",
+) -> SpikingStudent:
+    """The spiking twin of the airbench teacher (``teachers.airbench``): a 2x2 whitening conv (frozen by
+    ``teachers.whiten_first_conv``) + BN + LIF, then per width a 2x2 pooling and two 3x3 conv+BN+LIF.
+
+    Differences from the ANN, each for the chip: LIF neurons instead of GELU, average (or sum) pooling of
+    spikes instead of max pooling, pooling before the block's first conv (so it composes into that
+    synapse) rather than between conv and BN, and a linear readout over the whole last 3x3 map instead
+    of a global max pool. Stage ends (31, 15, 7, 3 pixels for CIFAR) match the teacher's."""
+    neuron = neuron or NeuronConfig()
+    c, h, w = in_shape
+    whiten_width = 2 * c * 4
+    stem = nn.Conv2d(c, whiten_width, 2, bias=False)
+    layers: list[nn.Module] = [SeqSynapse(stem, nn.BatchNorm2d(whiten_width)), SpikingNeurons(neuron)]
+    stage_ends = [str(len(layers) - 1)]
+    c, h, w = whiten_width, h - 1, w - 1
+    for width in widths:
+        layers.append(SeqPool(pool, 2))
+        h, w = h // 2, w // 2
+        layers += _conv_block(c, width, neuron) + _conv_block(width, width, neuron)
+        c = width
+        stage_ends.append(str(len(layers) - 1))
+    head = SeqSynapse(nn.Linear(c * h * w, num_classes))
+    config = dict(
+        arch="airbench",
+        in_shape=list(in_shape),
+        num_classes=num_classes,
+        widths=list(widths),
+        pool=pool,
+        neuron=neuron.to_dict(),
+    )
+    return SpikingStudent(nn.Sequential(*layers), head, timesteps, encoding, stage_ends, config)
+
+
 def build_student(config: dict, timesteps: int, encoding: str) -> SpikingStudent:
     """Rebuild a student from the ``config`` dict it carries (as saved in checkpoints)."""
     neuron = NeuronConfig(**config["neuron"])
@@ -206,8 +247,12 @@ def build_student(config: dict, timesteps: int, encoding: str) -> SpikingStudent
     )
     if config["arch"] == "vgg":
         return vgg_student(widths=tuple(tuple(s) for s in config["widths"]), **common)
+    if config["arch"] == "airbench":
+        return airbench_student(widths=tuple(config["widths"]), **common)
     if config["arch"] == "resnet":
         return resnet_student(
             widths=tuple(config["widths"]), blocks_per_stage=config["blocks_per_stage"], **common
         )
-    raise ValueError(f"unknown student architecture {config['arch']!r}; expected 'vgg' or 'resnet'")
+    raise ValueError(
+        f"unknown student architecture {config['arch']!r}; expected 'vgg', 'resnet' or 'airbench'"
+    )

@@ -17,6 +17,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from lasnn.distill.qcfs import QCFS
 from lasnn.errors import LasnnError
 
 # VGG layer plans (Simonyan & Zisserman 2015, configurations A and D); "M" is a 2x2 pooling.
@@ -24,15 +25,24 @@ VGG_PLANS = {
     "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
     "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
 }
-ARCHS = ("small_cnn", "vgg11", "vgg16", "resnet18", "resnet19")
+ARCHS = ("small_cnn", "vgg11", "vgg16", "resnet18", "resnet19", "airbench")
+ACTIVATIONS = ("relu", "gelu", "qcfs")
+POOLS = ("max", "avg")
 
 
-def _conv_bn_relu(c_in: int, c_out: int, stride: int = 1) -> list[nn.Module]:
+def _conv_bn_relu(
+    c_in: int, c_out: int, stride: int = 1, act: str = "relu", levels: int = 4
+) -> list[nn.Module]:
     return [
         nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
         nn.BatchNorm2d(c_out),
-        nn.ReLU(inplace=True),
+        activation(act, levels),
     ]
+
+
+def _act_config(act: str, levels: int) -> dict:
+    """Config keys of a non-default activation (ReLU teachers keep their old config, so runs resume)."""
+    return {} if act == "relu" else dict(activation=act, levels=levels)
 
 
 class StagedTeacher(nn.Module):
@@ -66,21 +76,34 @@ def _width(base: int, scale: float) -> int:
     return max(4, int(round(base * scale)))
 
 
-def small_cnn(in_shape: tuple[int, int, int], num_classes: int, width: float = 1.0) -> StagedTeacher:
-    """Two stages of two 3x3 conv+BN+ReLU (32 then 64 channels), 2x2 average pooling between and after."""
+def small_cnn(
+    in_shape: tuple[int, int, int], num_classes: int, width: float = 1.0, act: str = "relu", levels: int = 4
+) -> StagedTeacher:
+    """Two stages of two 3x3 conv+BN+ReLU (32 then 64 channels), 2x2 average pooling between and after.
+    ``act`` replaces the ReLUs (``qcfs``: the convertible QCFS teacher)."""
     c, h, w = in_shape
     a, b = _width(32, width), _width(64, width)
+    block = lambda c_in, c_out: _conv_bn_relu(c_in, c_out, 1, act, levels)  # noqa: E731
     stages = [
-        nn.Sequential(*_conv_bn_relu(c, a), *_conv_bn_relu(a, a)),
-        nn.Sequential(nn.AvgPool2d(2), *_conv_bn_relu(a, b), *_conv_bn_relu(b, b)),
+        nn.Sequential(*block(c, a), *block(a, a)),
+        nn.Sequential(nn.AvgPool2d(2), *block(a, b), *block(b, b)),
     ]
     head = nn.Sequential(nn.AvgPool2d(2), nn.Flatten(), nn.Linear(b * (h // 4) * (w // 4), num_classes))
     config = dict(arch="small_cnn", in_shape=list(in_shape), num_classes=num_classes, width=width)
+    config.update(_act_config(act, levels))
     return StagedTeacher(stages, head, config)
 
 
-def vgg(arch: str, in_shape: tuple[int, int, int], num_classes: int, width: float = 1.0) -> StagedTeacher:
-    """CIFAR-style VGG (BN after every conv, one linear classifier) with average pooling.
+def vgg(
+    arch: str,
+    in_shape: tuple[int, int, int],
+    num_classes: int,
+    width: float = 1.0,
+    act: str = "relu",
+    levels: int = 4,
+) -> StagedTeacher:
+    """CIFAR-style VGG (BN after every conv, one linear classifier) with average pooling; ``act``
+    replaces the ReLUs.
 
     Poolings that would shrink the map below 1x1 (small inputs such as 8x8 digits) are skipped, so the
     same plan works for any input size.
@@ -97,14 +120,128 @@ def vgg(arch: str, in_shape: tuple[int, int, int], num_classes: int, width: floa
             h, w = h // 2, w // 2
         else:
             out = _width(int(item), width)
-            current += _conv_bn_relu(c, out)
+            current += _conv_bn_relu(c, out, 1, act, levels)
             c = out
     if any(isinstance(m, nn.Conv2d) for m in current):
         stages.append(nn.Sequential(*current))
         current = []
     head = nn.Sequential(*current, nn.Flatten(), nn.Linear(c * h * w, num_classes))
     config = dict(arch=arch, in_shape=list(in_shape), num_classes=num_classes, width=width)
+    config.update(_act_config(act, levels))
     return StagedTeacher(stages, head, config)
+
+
+# airbench94's widths (Keller Jordan, arXiv 2404.00498, github KellerJordan/cifar10-airbench): a frozen 2x2
+# patch-whitening conv (3 -> 24 channels), then three blocks of 64 / 256 / 256 channels.
+AIRBENCH_WIDTHS = (64, 256, 256)
+WHITEN_KERNEL = 2
+
+
+def activation(kind: str, levels: int = 4) -> nn.Module:
+    """The teacher's nonlinearity: ``relu``, ``gelu`` (airbench's) or ``qcfs`` (convertible, Bu et al.)."""
+    if kind == "relu":
+        return nn.ReLU(inplace=True)
+    if kind == "gelu":
+        return nn.GELU()
+    if kind == "qcfs":
+        return QCFS(levels)
+    raise LasnnError(f"--activation {kind!r} is unknown; expected one of {', '.join(ACTIVATIONS)}.")
+
+
+class Scale(nn.Module):
+    """Multiply by a constant (airbench scales its logits by 1/9, which sharpens the loss landscape)."""
+
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = float(factor)
+
+    def extra_repr(self) -> str:
+        return f"factor={self.factor}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
+
+
+def airbench(
+    in_shape: tuple[int, int, int],
+    num_classes: int,
+    width: float = 1.0,
+    act: str = "gelu",
+    pool: str = "max",
+    levels: int = 4,
+) -> StagedTeacher:
+    """airbench94's network in lasnn's staged form, written from the paper's description.
+
+    Stage 0: the 2x2 whitening conv (frozen weights set by ``whiten_first_conv``, trainable bias) and the
+    activation; stages 1-3: conv, 2x2 pooling, BN, activation, conv, BN, activation. Head: global pooling
+    over the last map, a bias-free linear layer and the 1/9 logit scale. ``act="qcfs"`` with
+    ``pool="avg"`` is the convertible variant (QCFS activations, average pooling only).
+    """
+    if pool not in POOLS:
+        raise LasnnError(f"--pool {pool!r} is unknown; expected one of {', '.join(POOLS)}.")
+    c, h, w = in_shape
+    whiten_width = 2 * c * WHITEN_KERNEL**2
+    pooling = nn.MaxPool2d if pool == "max" else nn.AvgPool2d
+    stages: list[nn.Module] = [
+        nn.Sequential(nn.Conv2d(c, whiten_width, WHITEN_KERNEL, bias=True), activation(act, levels))
+    ]
+    h, w = h - WHITEN_KERNEL + 1, w - WHITEN_KERNEL + 1
+    c = whiten_width
+    for base in AIRBENCH_WIDTHS:
+        out = _width(base, width)
+        stages.append(
+            nn.Sequential(
+                nn.Conv2d(c, out, 3, padding=1, bias=False),
+                pooling(2),
+                nn.BatchNorm2d(out),
+                activation(act, levels),
+                nn.Conv2d(out, out, 3, padding=1, bias=False),
+                nn.BatchNorm2d(out),
+                activation(act, levels),
+            )
+        )
+        c, h, w = out, h // 2, w // 2
+    head = nn.Sequential(pooling((h, w)), nn.Flatten(), nn.Linear(c, num_classes, bias=False), Scale(1 / 9))
+    for stage in stages[1:]:
+        for module in stage:
+            if isinstance(module, nn.Conv2d):  # airbench's identity-like init of the first channels
+                nn.init.dirac_(module.weight.data[: module.in_channels])
+    config = dict(
+        arch="airbench",
+        in_shape=list(in_shape),
+        num_classes=num_classes,
+        width=width,
+        activation=act,
+        pool=pool,
+        levels=levels,
+    )
+    return StagedTeacher(stages, head, config)
+
+
+def whiten_first_conv(model: nn.Module, images: torch.Tensor, eps: float = 5e-4) -> nn.Conv2d | None:
+    """Set a network's first conv (if it is a 2x2 whitening conv of 2 x C x 4 channels) to patch whitening.
+
+    The weights are the eigenvectors of the covariance of all 2x2 patches of ``images`` (normalised
+    ``[N, C, H, W]``), scaled by 1/sqrt(eigenvalue + eps), and their negatives (so that a ReLU-like
+    activation keeps both signs); they are then frozen. Returns the conv, or None if there is none.
+    """
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if first is None or tuple(first.kernel_size) != (WHITEN_KERNEL, WHITEN_KERNEL):
+        return None
+    c = first.in_channels
+    dims = c * WHITEN_KERNEL**2
+    if first.out_channels != 2 * dims:
+        return None
+    patches = images.double().unfold(2, WHITEN_KERNEL, 1).unfold(3, WHITEN_KERNEL, 1)  # N C H' W' k k
+    patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, dims)
+    covariance = patches.T @ patches / len(patches)
+    eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
+    filters = (eigenvectors.T / torch.sqrt(eigenvalues.clamp_min(0) + eps)[:, None]).flip(0)
+    filters = filters.reshape(dims, c, WHITEN_KERNEL, WHITEN_KERNEL)
+    with torch.no_grad():
+        first.weight.copy_(torch.cat([filters, -filters]).to(first.weight.dtype))
+    first.weight.requires_grad_(False)
+    return first
 
 
 class BasicBlock(nn.Module):
@@ -284,12 +421,22 @@ def build_teacher(config: dict) -> nn.Module:
     in_shape = tuple(config["in_shape"])
     num_classes = int(config["num_classes"])
     width = float(config.get("width", 1.0))
+    act, levels = config.get("activation", "relu"), int(config.get("levels", 4))
     if arch == "small_cnn":
-        return small_cnn(in_shape, num_classes, width)
+        return small_cnn(in_shape, num_classes, width, act, levels)
     if arch in VGG_PLANS:
-        return vgg(arch, in_shape, num_classes, width)
+        return vgg(arch, in_shape, num_classes, width, act, levels)
     if arch in RESNET_PLANS:
         return resnet(arch, in_shape, num_classes, width)
+    if arch == "airbench":
+        return airbench(
+            in_shape,
+            num_classes,
+            width,
+            config.get("activation", "gelu"),
+            config.get("pool", "max"),
+            int(config.get("levels", 4)),
+        )
     if arch == "user":
         return user_teacher(config["factory"], in_shape, num_classes)
     if isinstance(arch, str) and ":" in arch:

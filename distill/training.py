@@ -33,6 +33,7 @@ import math
 import os
 import random
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -47,7 +48,8 @@ from tqdm import tqdm
 
 from lasnn.artifacts import load_checkpoint, remove_stale_temporaries, save_checkpoint
 from lasnn.cpu_memory import keep_freed_memory
-from lasnn.distill import distributed
+from lasnn.data import ImageArrayDataset
+from lasnn.distill import airbench_recipe, distributed
 from lasnn.errors import LasnnError
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, float], tuple[torch.Tensor, torch.Tensor, dict[str, float]]]
@@ -70,8 +72,13 @@ class TrainSettings:
     amp: bool | None = None
     deterministic: bool | None = None
     num_workers: int = 0
+    recipe: str = "sgd"
 
     def __post_init__(self) -> None:
+        if self.recipe not in airbench_recipe.RECIPES:
+            raise LasnnError(
+                f"--recipe {self.recipe!r} is unknown; expected one of {', '.join(airbench_recipe.RECIPES)}."
+            )
         for name in ("epochs", "batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -223,6 +230,29 @@ def _batches(order: torch.Tensor, batch_size: int, world: int = 1) -> list[list[
     return chunks
 
 
+def _tensor_batches(
+    dataset: ImageArrayDataset,
+    batches: list[list[int]],
+    start: int,
+    seed: int,
+    epoch: int,
+    world: int,
+    rank: int,
+) -> Any:
+    """The airbench recipe's batches: each global batch augmented as one tensor from a generator of
+    (seed, epoch, step), then this rank's shard taken, so the pixels do not depend on the world size."""
+    mean, std = torch.tensor(dataset.mean), torch.tensor(dataset.std)
+    shift = airbench_recipe.translation_for(dataset.images.shape[-2])
+    for step in range(start, len(batches)):
+        index = torch.tensor(batches[step])
+        generator = airbench_recipe.step_generator(seed, epoch, step)
+        images = airbench_recipe.batch_augment(
+            dataset.images[index], mean, std, generator, shift, dataset.mirror
+        )
+        mine = torch.tensor(distributed.shard(list(range(len(index))), world, rank))
+        yield images[mine], dataset.labels[index][mine]
+
+
 def fit(
     model: nn.Module,
     loss_fn: LossFn,
@@ -284,14 +314,22 @@ def _fit(
         remove_stale_temporaries(ckpt)
     say = tqdm.write if main else (lambda _text: None)
     model.to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(
-        params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
-    )
     n = len(train_set)
     steps_per_epoch = len(_batches(torch.arange(n), settings.batch_size, world))
     total_steps = settings.epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    lookahead = None
+    if settings.recipe == "airbench":
+        if not isinstance(train_set, ImageArrayDataset):
+            raise LasnnError("--recipe airbench needs an in-memory image data set (lasnn.data.load_dataset).")
+        optimizer = airbench_recipe.optimizer(model, settings.lr, settings.batch_size)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, airbench_recipe.triangular(total_steps))
+        lookahead = airbench_recipe.Lookahead(model, total_steps)
+    else:
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.SGD(
+            params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
+        )
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
     start_epoch, start_step, history, partial, rng, rng_ranks = 0, 0, [], None, None, None
     run_config = {**run_config, "train": asdict(settings) | {"device": None}}
 
@@ -307,6 +345,8 @@ def _fit(
         model.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if lookahead is not None:
+            lookahead.load_state_dict(state["lookahead"])
         start_epoch, start_step = state["epoch"], state.get("step", 0)
         history, partial, rng = state.get("history", []), state.get("partial"), state.get("rng")
         if state.get("world_size", 1) == world:
@@ -345,6 +385,7 @@ def _fit(
                 rng=states[0] if states else None,
                 rng_ranks=states,
                 world_size=world,
+                lookahead=lookahead.state_dict() if lookahead is not None else None,
             )
         distributed.barrier()
 
@@ -362,20 +403,25 @@ def _fit(
             stats = partial or {"loss": 0.0, "correct": 0, "seen": 0, "terms": {}, "seconds": 0.0}
             # own generator: creating the iterator must not draw from the global RNG (it would shift a
             # resumed epoch's randomness); worker processes are seeded from it
-            loader = DataLoader(
-                distributed.SeededItems(train_set, epoch_seed),
-                batch_sampler=[distributed.shard(b, world, rank) for b in batches[start_step:]],
-                num_workers=settings.num_workers,
-                pin_memory=device.startswith("cuda"),
-                generator=torch.Generator().manual_seed(epoch_seed),
-            )
+            if lookahead is not None:
+                loader = _tensor_batches(train_set, batches, start_step, settings.seed, epoch, world, rank)
+            else:
+                loader = DataLoader(
+                    distributed.SeededItems(train_set, epoch_seed),
+                    batch_sampler=[distributed.shard(b, world, rank) for b in batches[start_step:]],
+                    num_workers=settings.num_workers,
+                    pin_memory=device.startswith("cuda"),
+                    generator=torch.Generator().manual_seed(epoch_seed),
+                )
             model.train()
             bar = tqdm(
                 loader,
                 total=steps_per_epoch,
                 initial=start_step,
                 unit="batch",
-                disable=None if main else True,
+                # also into a log file (long background runs), there every 30 s instead of every update
+                disable=not main,
+                mininterval=0.1 if sys.stderr.isatty() else 30,
                 desc=f"{desc} epoch {epoch + 1}/{settings.epochs}",
                 dynamic_ncols=True,
             )
@@ -406,6 +452,8 @@ def _fit(
                 (loss if world == 1 else loss * (local * world / seen)).backward()
                 optimizer.step()
                 scheduler.step()
+                if lookahead is not None:
+                    lookahead.update(model, epoch * steps_per_epoch + step + 1)
                 stats["loss"] += loss_sum
                 stats["correct"] += int(correct)
                 stats["seen"] += int(seen)

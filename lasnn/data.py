@@ -85,11 +85,14 @@ class ImageArrayDataset(Dataset):
         mean: tuple[float, ...],
         std: tuple[float, ...],
         augmentation: list[Callable] | None = None,
+        mirror: bool = True,
     ) -> None:
         if images.dim() != 4 or len(images) != len(labels):
             raise ValueError(f"images {tuple(images.shape)} and labels {tuple(labels.shape)} do not match")
         self.images = images
         self.labels = labels.to(torch.int64)
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.mirror = mirror  # whether horizontal flips are a valid augmentation (not for digits)
         self.augment = bool(augmentation)
         self._normalise = transforms.Compose(
             [transforms.ConvertImageDtype(torch.float32), transforms.Normalize(mean, std)]
@@ -101,6 +104,10 @@ class ImageArrayDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.transform(self.images[index]), int(self.labels[index])
+
+    def normalised(self, indices: torch.Tensor) -> torch.Tensor:
+        """The images at ``indices``, normalised, never augmented."""
+        return self._normalise(self.images[indices])
 
     def batch(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Items ``start:stop`` normalised, never augmented."""
@@ -142,7 +149,7 @@ def load_dataset(
     else:
         images, labels, info = _imagefolder(split, root)
     augmentation = _augmentation(name, info.input_shape) if augment else None
-    return ImageArrayDataset(images, labels, info.mean, info.std, augmentation), info
+    return ImageArrayDataset(images, labels, info.mean, info.std, augmentation, mirror=name != "digits"), info
 
 
 def dataset_info(name: str, data_root: str | os.PathLike | None = None) -> DatasetInfo:

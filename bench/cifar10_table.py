@@ -1,0 +1,419 @@
+"""The CIFAR-10 table of issue 13, from nothing: teachers, conversions and students, every row resumable.
+
+Each row is one ``lasnn`` command (teach, convert or distill) run as its own process in ``--work``; the
+row's result is read from the ``metrics.json`` that command writes. Training checkpoints after every epoch,
+so a run that is killed resumes where it stopped: run the same ``python bench/cifar10_table.py ...`` line
+again and finished rows are reused (their recorded command must match), the unfinished one continues with
+``--resume``, and the rest follow. ``--rows`` picks rows by name; ``--budget-minutes`` stops before
+starting a row once that much wall time has passed (a row itself is never cut).
+
+Profiles (``--profile``):
+- ``cpu``: sized for this project's 2-core CPU: the full-width airbench teacher (10 epochs), a half-width
+  QCFS teacher converted two ways (QCFS's reset by subtraction with half-threshold start, and Loihi's reset
+  to zero), half-width spiking airbench students (LaSNN, KD-only and CE-only at T = 4 and 2), and a LaSNN
+  student initialised from the QCFS conversion.
+- ``gpu``: the same table at full length and full width for a GPU (e.g. 10 minutes of an H200).
+- ``smoke``: digits-sized, seconds per row; used by the tests.
+
+Outputs (``--results``, default ``bench/results/cifar10_<profile>``): ``.json`` (one row per model and T,
+with the machine, date and the exact command), ``.md`` (the table and the latency ratios) and ``.png``
+(accuracy against T).
+
+    python bench/cifar10_table.py --profile cpu --data-root ../shared/datasets/cifar10
+    python bench/cifar10_table.py --profile gpu --data-root ../shared/datasets/cifar10 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+WITHIN = 0.01  # "within 1 point" of the issue
+CONVERT_T = "1,2,4,8,16,32,64,128"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One lasnn command and how its metrics become table rows."""
+
+    name: str
+    kind: str  # teacher / converted / student
+    loss: str
+    verb: str
+    args: tuple[str, ...]
+    needs: tuple[str, ...] = ()
+    timesteps: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _profile(name: str, work: str, data: tuple[str, ...], device: tuple[str, ...]) -> list[Row]:
+    """The rows of a profile; ``work`` holds every row's output folder."""
+    sizes = {
+        # name: (teacher width, student widths, teacher epochs, student epochs, init-from epochs)
+        "cpu": ("1.0", "32,128,128", "10", "6", "3"),
+        "gpu": ("1.0", "64,256,256", "40", "100", "30"),
+        "smoke": ("0.25", "4,8", "2", "2", "1"),
+    }[name]
+    teacher_width, widths, teacher_epochs, epochs, init_epochs = sizes
+    smoke = name == "smoke"
+    # smoke: digits nets, with the airbench recipe (the CIFAR default) named so that it is exercised
+    teacher_arch = ("--arch", "small_cnn", "--recipe", "airbench") if smoke else ("--arch", "airbench")
+    student = ("--student", "vgg", "--recipe", "airbench") if smoke else ("--student", "airbench")
+    qcfs_width = "0.25" if smoke else "0.5"
+
+    def out(row: str) -> tuple[str, str]:
+        return ("--out", f"{work}/{row}")
+
+    # the cpu profile's teacher is lasnn's CIFAR default (airbench, width 1, 10 epochs): its command says so
+    sized = () if name == "cpu" else ("--width", teacher_width, "--epochs", teacher_epochs)
+    rows = [
+        Row("teacher", "teacher", "ce", "teach", (*data, *teacher_arch, *sized, *device, *out("teacher"))),
+        Row(
+            "teacher_qcfs",
+            "teacher",
+            "ce (QCFS activation)",
+            "teach",
+            (
+                *data,
+                *teacher_arch,
+                "--activation",
+                "qcfs",
+                "--width",
+                qcfs_width,
+                "--epochs",
+                teacher_epochs,
+                *device,
+                *out("teacher_qcfs"),
+            ),
+        ),
+    ]
+    conversions = {
+        "converted_qcfs": ("QCFS conversion (reset by subtraction, half-threshold start)", "subtract", True),
+        "converted_loihi": ("conversion, reset to zero (Loihi)", "zero", False),
+    }
+    for row, (loss, reset, shift) in conversions.items():
+        args = ["--teacher", f"{work}/teacher_qcfs", "--timesteps", CONVERT_T, "--reset", reset]
+        if shift:
+            args.append("--shift")
+        rows.append(
+            Row(row, "converted", loss, "convert", (*args, *device, *out(row)), needs=("teacher_qcfs",))
+        )
+    common = ("--teacher", f"{work}/teacher", *student, "--widths", widths, "--epochs", epochs, *device)
+    for timesteps in (4, 2):
+        for loss in ("lasnn", "kd", "ce"):
+            row = f"student_{loss}_T{timesteps}"
+            args = (*common, "--loss", loss, "--timesteps", str(timesteps), *out(row))
+            rows.append(Row(row, "student", loss, "distill", args, needs=("teacher",), timesteps=timesteps))
+    init = (
+        "--teacher",
+        f"{work}/teacher",
+        "--init-from",
+        f"{work}/converted_qcfs/student.pt",
+        "--epochs",
+        init_epochs,
+        "--timesteps",
+        "4",
+        *device,
+        *out("student_lasnn_T4_from_converted"),
+    )
+    rows.append(
+        Row(
+            "student_lasnn_T4_from_converted",
+            "student",
+            "lasnn (initialised from the QCFS conversion)",
+            "distill",
+            init,
+            needs=("teacher", "converted_qcfs"),
+            timesteps=4,
+        )
+    )
+    return rows
+
+
+def machine() -> str:
+    """CPU model and core count, plus the GPU when one is used."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    text = f"{model}, {os.cpu_count()} cores"
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            text += f", {torch.cuda.get_device_name(0)}"
+    except ImportError:
+        pass
+    return text
+
+
+def _lasnn() -> list[str]:
+    script = Path(sys.executable).with_name("lasnn")
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "lasnn.cli"]
+
+
+def command_of(row: Row) -> str:
+    """The row's command as a user types it (the table records this)."""
+    return shlex.join(["lasnn", row.verb, *row.args])
+
+
+def _out_dir(row: Row) -> Path:
+    return Path(row.args[row.args.index("--out") + 1])
+
+
+def _done(row: Row) -> dict[str, Any] | None:
+    """The row's finished metrics, if its folder holds those of the same command."""
+    record = _out_dir(row) / "bench_row.json"
+    if not record.is_file():
+        return None
+    saved = json.loads(record.read_text())
+    return saved if saved.get("command") == command_of(row) else None
+
+
+def run_row(row: Row, log_dir: Path) -> dict[str, Any]:
+    """Run (or resume) one row's command; returns its metrics plus the command and timing."""
+    out = _out_dir(row)
+    # a training checkpoint resumes (the command refuses one of other settings); a finished one only
+    # reloads and re-evaluates, which also adopts a run started by hand with the same command
+    resume = ["--resume"] if row.verb in ("teach", "distill") and (out / "checkpoint.pt").is_file() else []
+    log_dir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    with open(log_dir / f"{row.name}.log", "a") as log:
+        log.write(f"\n$ {command_of(row)} {' '.join(resume)}\n")
+        log.flush()
+        code = subprocess.call([*_lasnn(), row.verb, *row.args, *resume], stdout=log, stderr=log)
+    if code != 0:
+        raise SystemExit(f"bench: row {row.name} failed (exit {code}); see {log_dir / (row.name + '.log')}")
+    metrics = json.loads((out / "metrics.json").read_text())
+    record = {
+        "command": command_of(row),
+        "metrics": metrics,
+        "wall_seconds_last_invocation": time.time() - started,
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+        "machine": machine(),
+    }
+    tmp = out / "bench_row.json.tmp"
+    tmp.write_text(json.dumps(record, indent=1))
+    tmp.replace(out / "bench_row.json")
+    return record
+
+
+def table_rows(row: Row, record: dict[str, Any], teacher_records: dict[str, dict]) -> list[dict[str, Any]]:
+    """The result rows of one finished command (a conversion gives one row per T)."""
+    metrics = record["metrics"]
+    base = {
+        "model": row.name,
+        "kind": row.kind,
+        "loss": row.loss,
+        "machine": record["machine"],
+        "date": record["date"],
+        "command": record["command"],
+    }
+    if row.verb == "convert":
+        source = teacher_records.get(row.needs[0], {}).get("metrics", {})
+        return [
+            {
+                **base,
+                "timesteps": point["timesteps"],
+                "epochs": source.get("epochs"),
+                "train_seconds": source.get("train_seconds"),
+                "test_accuracy": point["test_accuracy"],
+                "note": f"no training of its own; epochs and train_seconds are those of {row.needs[0]}",
+            }
+            for point in metrics["curve"]
+        ]
+    return [
+        {
+            **base,
+            "timesteps": metrics.get("timesteps"),
+            "epochs": metrics["epochs"],
+            "train_seconds": metrics["train_seconds"],
+            "test_accuracy": metrics["test_accuracy"],
+        }
+    ]
+
+
+def needed_steps(curve: list[dict[str, Any]], target: float) -> int | None:
+    """The smallest T at which a conversion comes within 1 point of ``target``, None if never."""
+    for row in sorted(curve, key=lambda r: r["timesteps"]):
+        if row["test_accuracy"] >= target - WITHIN:
+            return int(row["timesteps"])
+    return None
+
+
+def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The latency ratios and the attention term's gains, from the rows present."""
+    by_model = {r["model"]: r for r in rows if r["kind"] != "converted"}
+    out: dict[str, Any] = {}
+    for t in (4, 2):
+        lasnn = by_model.get(f"student_lasnn_T{t}")
+        if lasnn is None:
+            continue
+        for other in ("kd", "ce"):
+            if f"student_{other}_T{t}" in by_model:
+                gain = lasnn["test_accuracy"] - by_model[f"student_{other}_T{t}"]["test_accuracy"]
+                out[f"lasnn_minus_{other}_T{t}_points"] = round(100 * gain, 2)
+        for conversion in ("converted_qcfs", "converted_loihi"):
+            curve = [r for r in rows if r["model"] == conversion]
+            if curve:
+                need = needed_steps(curve, lasnn["test_accuracy"])
+                largest = max(r["timesteps"] for r in curve)
+                out[f"{conversion}_T_within_1pt_of_lasnn_T{t}"] = need if need else f"> {largest}"
+                out[f"{conversion}_latency_ratio_vs_lasnn_T{t}"] = need / t if need else f"> {largest / t:g}"
+    return out
+
+
+def write_results(stem: Path, rows: list[dict[str, Any]], profile: str) -> None:
+    """``stem.json``, ``stem.md`` and ``stem.png``, each written whole (temporary file, then rename)."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    info = summary(rows)
+    blob = {"profile": profile, "rows": rows, "summary": info}
+    _atomic_text(stem.with_suffix(".json"), json.dumps(blob, indent=1) + "\n")
+    lines = [
+        f"# CIFAR-10 table, profile {profile}",
+        "",
+        "Full 10,000-image test set of the shared copy (JPEG-stored CIFAR-10); no test-time augmentation.",
+        "Written by `bench/cifar10_table.py`; each row's command reproduces it.",
+        "",
+        "| model | kind | loss | T | epochs | train s | top-1 % | machine | date |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        seconds = "" if r["train_seconds"] is None else f"{r['train_seconds']:.0f}"
+        lines.append(
+            f"| {r['model']} | {r['kind']} | {r['loss']} | {r['timesteps'] or '-'} | {r['epochs']} | "
+            f"{seconds} | {100 * r['test_accuracy']:.2f} | {r['machine']} | {r['date']} |"
+        )
+    lines += ["", "## Commands", ""]
+    for command in dict.fromkeys(r["command"] for r in rows):
+        lines.append(f"- `{command}`")
+    lines += ["", "## Summary", ""]
+    lines += [f"- {key}: {value}" for key, value in info.items()] or ["- (no complete comparison yet)"]
+    _atomic_text(stem.with_suffix(".md"), "\n".join(lines) + "\n")
+    _plot(stem.with_suffix(".png"), rows)
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _plot(path: Path, rows: list[dict[str, Any]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for model in dict.fromkeys(r["model"] for r in rows if r["kind"] == "converted"):
+        curve = sorted((r for r in rows if r["model"] == model), key=lambda r: r["timesteps"])
+        ax.plot(
+            [r["timesteps"] for r in curve],
+            [100 * r["test_accuracy"] for r in curve],
+            "o-",
+            label=curve[0]["loss"],
+        )
+    for loss, marker in (("lasnn", "*"), ("kd", "s"), ("ce", "^")):
+        points = sorted(
+            (r for r in rows if r["kind"] == "student" and r["loss"] == loss), key=lambda r: r["timesteps"]
+        )
+        if points:
+            ax.plot(
+                [r["timesteps"] for r in points],
+                [100 * r["test_accuracy"] for r in points],
+                marker=marker,
+                markersize=11 if loss == "lasnn" else 8,
+                linestyle="--",
+                label=f"student, {loss}",
+            )
+    for r in rows:
+        if r["kind"] == "teacher":
+            ax.axhline(100 * r["test_accuracy"], linestyle=":", color="gray")
+            ax.annotate(
+                f"{r['model']} {100 * r['test_accuracy']:.1f} %", (1, 100 * r["test_accuracy"]), fontsize=8
+            )
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("time steps T")
+    ax.set_ylabel("CIFAR-10 test top-1 (%)")
+    ax.set_title("Accuracy against time steps (full test set)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--profile", choices=("cpu", "gpu", "smoke"), default="cpu")
+    parser.add_argument("--data-root", default="../shared/datasets/cifar10", help="CIFAR-10 folder")
+    parser.add_argument("--work", help="folder of the rows' outputs (default runs/cifar10[_<profile>])")
+    parser.add_argument("--results", help="results stem (default bench/results/cifar10_<profile>)")
+    parser.add_argument("--device", help="passed to every command (default: each command's auto)")
+    parser.add_argument("--rows", help="comma-separated row names to run (default: all)")
+    parser.add_argument("--budget-minutes", type=float, help="start no new row after this much wall time")
+    args = parser.parse_args(argv)
+    work = args.work or ("runs/cifar10" if args.profile == "cpu" else f"runs/cifar10_{args.profile}")
+    data = (
+        ("--dataset", "digits")
+        if args.profile == "smoke"
+        else ("--dataset", "cifar10", "--data-root", args.data_root)
+    )
+    device = ("--device", args.device) if args.device else ()
+    rows = _profile(args.profile, work, data, device)
+    names = {r.name for r in rows}
+    wanted = args.rows.split(",") if args.rows else [r.name for r in rows]
+    unknown = [w for w in wanted if w not in names]
+    if unknown:
+        parser.error(f"unknown row(s) {', '.join(unknown)}; expected some of {', '.join(sorted(names))}")
+    stem = Path(args.results) if args.results else RESULTS / f"cifar10_{args.profile}"
+    started = time.time()
+    records: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        record = _done(row)
+        if record is None and row.name in wanted:
+            missing = [n for n in row.needs if n not in records]
+            if missing:
+                print(f"bench: skipping {row.name}: needs {', '.join(missing)} first", flush=True)
+                continue
+            if args.budget_minutes is not None and time.time() - started > 60 * args.budget_minutes:
+                print(
+                    f"bench: budget of {args.budget_minutes} min spent; stopping before {row.name}",
+                    flush=True,
+                )
+                break
+            print(f"bench: running {row.name}: {command_of(row)}", flush=True)
+            record = run_row(row, Path(work) / "logs")
+        if record is not None:
+            records[row.name] = record
+            table = [
+                r
+                for done in rows
+                if done.name in records
+                for r in table_rows(done, records[done.name], records)
+            ]
+            write_results(stem, table, args.profile)
+    print(f"bench: {len(records)} of {len(rows)} rows done; results in {stem}.{{json,md,png}}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

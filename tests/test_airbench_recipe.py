@@ -1,0 +1,154 @@
+"""The airbench training recipe (distill/airbench_recipe.py) and the CIFAR table benchmark's resumption.
+
+- batched tensor augmentation: seeded (same seed, same batch), and each image equals an independent
+  per-image reference (flip with torch.flip, translation by slicing a reflect-padded copy);
+- the whitening conv decorrelates 2x2 patches: the covariance of its outputs is the identity;
+- the airbench teacher and its spiking twin have matching stage ends;
+- a benchmark row killed after its first epoch and resumed by rerunning the benchmark ends with the
+  accuracy and weights of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+from lasnn.distill import airbench_recipe
+from lasnn.distill.students import airbench_student
+from lasnn.distill.teachers import airbench, whiten_first_conv
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _images(n: int = 16, size: int = 8, seed: int = 0) -> torch.Tensor:
+    return torch.randint(
+        0, 256, (n, 3, size, size), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8
+    )
+
+
+def test_batch_augmentation_is_seeded_and_matches_a_per_image_reference() -> None:
+    images = _images()
+    mean, std = torch.tensor([0.5, 0.4, 0.3]), torch.tensor([0.2, 0.25, 0.3])
+    first = airbench_recipe.batch_augment(images, mean, std, airbench_recipe.step_generator(3, 1, 7), 2)
+    again = airbench_recipe.batch_augment(images, mean, std, airbench_recipe.step_generator(3, 1, 7), 2)
+    other = airbench_recipe.batch_augment(images, mean, std, airbench_recipe.step_generator(3, 1, 8), 2)
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+    # the reference: the same draws, applied one image at a time
+    generator = airbench_recipe.step_generator(3, 1, 7)
+    flips = torch.rand(len(images), generator=generator) < 0.5
+    shifts = torch.randint(-2, 3, (len(images), 2), generator=generator)
+    assert 0 < int(flips.sum()) < len(images)
+    for i, image in enumerate(images):
+        x = (image.float() / 255 - mean.view(3, 1, 1)) / std.view(3, 1, 1)
+        if flips[i]:
+            x = torch.flip(x, dims=[2])
+        padded = F.pad(x[None], (2, 2, 2, 2), mode="reflect")[0]
+        dy, dx = int(shifts[i, 0]), int(shifts[i, 1])
+        expected = padded[:, 2 + dy : 2 + dy + 8, 2 + dx : 2 + dx + 8]
+        assert torch.allclose(first[i], expected, atol=1e-6), i
+
+
+def test_no_flips_without_mirror() -> None:
+    images = _images()
+    mean, std = torch.zeros(3), torch.ones(3)
+    out = airbench_recipe.batch_augment(
+        images, mean, std, airbench_recipe.step_generator(0, 0, 0), 0, mirror=False
+    )
+    assert torch.allclose(out, images.float() / 255)
+
+
+def test_whitening_conv_decorrelates_patches() -> None:
+    # correlated data: smooth random images (neighbouring pixels and channels strongly correlated)
+    generator = torch.Generator().manual_seed(0)
+    base = torch.randn(400, 1, 12, 12, generator=generator)
+    smooth = F.avg_pool2d(F.pad(base, (1, 1, 1, 1), mode="reflect"), 3, stride=1)
+    images = torch.cat([smooth, 0.8 * smooth + 0.2 * torch.randn_like(smooth), smooth.flip(-1)], dim=1)
+    model = airbench((3, 12, 12), 10, width=0.125)
+    conv = whiten_first_conv(model, images, eps=0.0)
+    assert conv is not None and not conv.weight.requires_grad
+    with torch.no_grad():
+        out = F.conv2d(images.double(), conv.weight[:12].double())  # the + half (the - half mirrors it)
+    flat = out.permute(0, 2, 3, 1).reshape(-1, 12)
+    covariance = flat.T @ flat / len(flat)
+    assert torch.allclose(covariance, torch.eye(12, dtype=torch.float64), atol=1e-6)
+    raw = images.double().unfold(2, 2, 1).unfold(3, 2, 1).permute(0, 2, 3, 1, 4, 5).reshape(-1, 12)
+    raw_cov = raw.T @ raw / len(raw)
+    correlation = raw_cov / torch.outer(raw_cov.diag().sqrt(), raw_cov.diag().sqrt())
+    assert (correlation - torch.eye(12, dtype=torch.float64)).abs().max() > 0.5  # far from white
+
+
+def test_airbench_teacher_and_student_stage_ends_match() -> None:
+    x = torch.randn(2, 3, 32, 32)
+    teacher = airbench((3, 32, 32), 10, width=0.125)
+    _, ends = teacher.forward_features(x)
+    student = airbench_student((3, 32, 32), 10, (8, 16, 16), timesteps=2)
+    _, recorded = student.run(student.encode(x), record=True, time_mean=True)
+    assert [tuple(e.shape[-2:]) for e in ends] == [tuple(r.shape[-2:]) for r in recorded.values()]
+    assert [tuple(e.shape[-2:]) for e in ends] == [(31, 31), (15, 15), (7, 7), (3, 3)]
+
+
+def _bench(work: Path, results: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        str(ROOT / "bench" / "cifar10_table.py"),
+        "--profile",
+        "smoke",
+        "--work",
+        str(work),
+        "--results",
+        str(results),
+        "--rows",
+        "teacher,student_lasnn_T4",
+        *extra,
+    ]
+
+
+def _single_thread_env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+
+def test_a_killed_benchmark_row_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
+    env = _single_thread_env()
+    reference = subprocess.run(
+        _bench(tmp_path / "a", tmp_path / "a_results"), env=env, capture_output=True, text=True, timeout=600
+    )
+    assert reference.returncode == 0, reference.stderr + reference.stdout
+    # the same benchmark, killed (SIGKILL) once the teacher's first epoch is checkpointed
+    work = tmp_path / "b"
+    process = subprocess.Popen(
+        _bench(work, tmp_path / "b_results"), env=env, stdout=subprocess.DEVNULL, start_new_session=True
+    )
+    checkpoint = work / "teacher" / "checkpoint.pt"
+    deadline = time.time() + 300
+    while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert process.poll() is None, "the run ended before it could be killed"
+    os.killpg(process.pid, signal.SIGKILL)  # the benchmark and the lasnn process it started
+    process.wait()
+    time.sleep(0.5)
+    assert not (work / "teacher" / "metrics.json").exists()
+    resumed = subprocess.run(
+        _bench(work, tmp_path / "b_results"), env=env, capture_output=True, text=True, timeout=600
+    )
+    assert resumed.returncode == 0, resumed.stderr + resumed.stdout
+    log = (work / "logs" / "teacher.log").read_text()
+    assert "--resume" in log and "resuming from" in log
+    rows_a = json.loads((tmp_path / "a_results.json").read_text())["rows"]
+    rows_b = json.loads((tmp_path / "b_results.json").read_text())["rows"]
+    assert [r["model"] for r in rows_a] == ["teacher", "student_lasnn_T4"]
+    for a, b in zip(rows_a, rows_b, strict=True):
+        assert a["test_accuracy"] == b["test_accuracy"], a["model"]
+        assert a["command"].replace(str(tmp_path / "a"), "W") == b["command"].replace(str(work), "W")
+    for name in ("teacher/teacher.pt", "student_lasnn_T4/student.pt"):
+        state_a = torch.load(tmp_path / "a" / name, weights_only=False)["state_dict"]
+        state_b = torch.load(work / name, weights_only=False)["state_dict"]
+        assert all(torch.equal(state_a[k], state_b[k]) for k in state_a), name
