@@ -165,9 +165,7 @@ def headline(run: dict, teacher: dict | None) -> str:
         if teacher and name in teacher["energy"]:
             ratio, ann = e["energy"] / teacher["energy"][name], fmt_energy(teacher["energy"][name])
             text += f" ({ratio:.2g}x the teacher's {ann})"
-        elif (
-            teacher
-        ):  # an SNN-only model (Loihi): against the teacher under the ANN models that are fair to it
+        elif teacher:  # an SNN-only model (Loihi): against the teacher under the ANN models fair to it
             others = [m for m in ("memory", "eyeriss") if m in teacher["energy"]]
             if others:
                 vs = ", ".join(
