@@ -93,13 +93,14 @@ def test_each_snn_model_equals_hand_computed(name):
     assert skipped["total"]["energy"] == pytest.approx(chip * 1e-12, rel=1e-12)
 
 
-# The ANN twin: Linear(4, 3) -> ReLU -> Linear(3, 2): MACs 12 + 6, weights 12 + 6, inputs 4 + 3, outputs 3 + 2.
+# The ANN twin: Linear(4, 3) -> ReLU -> Linear(3, 2): MACs 12 + 6, weights 12 + 6, inputs 4 + 3,
+# outputs 3 + 2.
 ANN_HAND = {
     "compute_fp32": 18 * 4.6,
     "compute_int8": 18 * 0.23,
     "memory": 18 * (0.23 + 40) + 5 * 20,
-    # RF-fed MACs (1 + 3 RF) x 0.23; weights from DRAM via the buffer (200 + 6); inputs buffer + array (6 + 2);
-    # outputs to the buffer (6), all in units of a 0.23 pJ MAC
+    # RF-fed MACs (1 + 3 RF) x 0.23; weights from DRAM via the buffer (200 + 6); inputs buffer + array
+    # (6 + 2); outputs to the buffer (6), all in units of a 0.23 pJ MAC
     "eyeriss": 0.23 * (18 * 4 + 18 * 206 + 7 * 8 + 5 * 6),
 }
 
