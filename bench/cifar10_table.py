@@ -57,15 +57,26 @@ class Row:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _profile(name: str, work: str, data: tuple[str, ...], device: tuple[str, ...]) -> list[Row]:
-    """The rows of a profile; ``work`` holds every row's output folder."""
+def _profile(
+    name: str, work: str, data: tuple[str, ...], device: tuple[str, ...], student_epochs: int | None = None
+) -> list[Row]:
+    """The rows of a profile, in the order they run (what the comparison needs most comes first);
+    ``work`` holds every row's output folder. ``student_epochs`` shortens (or lengthens) every student;
+    such rows get their own folders (suffix ``_e<epochs>``)."""
     sizes = {
         # name: (teacher width, student widths, teacher epochs, student epochs, init-from epochs)
-        "cpu": ("1.0", "32,128,128", "10", "6", "3"),
+        "cpu": ("1.0", "32,128,128", "10", "10", "5"),
         "gpu": ("1.0", "64,256,256", "40", "100", "30"),
         "smoke": ("0.25", "4,8", "2", "2", "1"),
     }[name]
     teacher_width, widths, teacher_epochs, epochs, init_epochs = sizes
+    suffix = ""
+    if student_epochs is not None:
+        epochs, init_epochs, suffix = (
+            str(student_epochs),
+            str(max(1, student_epochs // 2)),
+            f"_e{student_epochs}",
+        )
     smoke = name == "smoke"
     # smoke: digits nets, with the airbench recipe (the CIFAR default) named so that it is exercised
     teacher_arch = ("--arch", "small_cnn", "--recipe", "airbench") if smoke else ("--arch", "airbench")
@@ -110,11 +121,15 @@ def _profile(name: str, work: str, data: tuple[str, ...], device: tuple[str, ...
             Row(row, "converted", loss, "convert", (*args, *device, *out(row)), needs=("teacher_qcfs",))
         )
     common = ("--teacher", f"{work}/teacher", *student, "--widths", widths, "--epochs", epochs, *device)
+    students = []
     for timesteps in (4, 2):
-        for loss in ("lasnn", "kd", "ce"):
-            row = f"student_{loss}_T{timesteps}"
+        for loss in ("lasnn", "ce", "kd"):
+            row = f"student_{loss}_T{timesteps}{suffix}"
             args = (*common, "--loss", loss, "--timesteps", str(timesteps), *out(row))
-            rows.append(Row(row, "student", loss, "distill", args, needs=("teacher",), timesteps=timesteps))
+            students.append(
+                Row(row, "student", loss, "distill", args, needs=("teacher",), timesteps=timesteps)
+            )
+    rows = rows[:1] + students[:3] + rows[1:] + students[3:]
     init = (
         "--teacher",
         f"{work}/teacher",
@@ -125,11 +140,11 @@ def _profile(name: str, work: str, data: tuple[str, ...], device: tuple[str, ...
         "--timesteps",
         "4",
         *device,
-        *out("student_lasnn_T4_from_converted"),
+        *out(f"student_lasnn_T4_from_converted{suffix}"),
     )
     rows.append(
         Row(
-            "student_lasnn_T4_from_converted",
+            f"student_lasnn_T4_from_converted{suffix}",
             "student",
             "lasnn (initialised from the QCFS conversion)",
             "distill",
@@ -369,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", help="results stem (default bench/results/cifar10_<profile>)")
     parser.add_argument("--device", help="passed to every command (default: each command's auto)")
     parser.add_argument("--rows", help="comma-separated row names to run (default: all)")
+    parser.add_argument("--student-epochs", type=int, help="epochs of every student (default: the profile's)")
     parser.add_argument("--budget-minutes", type=float, help="start no new row after this much wall time")
     args = parser.parse_args(argv)
     work = args.work or ("runs/cifar10" if args.profile == "cpu" else f"runs/cifar10_{args.profile}")
@@ -378,13 +394,14 @@ def main(argv: list[str] | None = None) -> int:
         else ("--dataset", "cifar10", "--data-root", args.data_root)
     )
     device = ("--device", args.device) if args.device else ()
-    rows = _profile(args.profile, work, data, device)
+    rows = _profile(args.profile, work, data, device, args.student_epochs)
     names = {r.name for r in rows}
     wanted = args.rows.split(",") if args.rows else [r.name for r in rows]
     unknown = [w for w in wanted if w not in names]
     if unknown:
         parser.error(f"unknown row(s) {', '.join(unknown)}; expected some of {', '.join(sorted(names))}")
-    stem = Path(args.results) if args.results else RESULTS / f"cifar10_{args.profile}"
+    suffix = f"_e{args.student_epochs}" if args.student_epochs is not None else ""
+    stem = Path(args.results) if args.results else RESULTS / f"cifar10_{args.profile}{suffix}"
     started = time.time()
     records: dict[str, dict[str, Any]] = {}
     for row in rows:
