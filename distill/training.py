@@ -253,6 +253,46 @@ def _tensor_batches(
         yield images[mine], dataset.labels[index][mine]
 
 
+BN_RECALIBRATION_SAMPLES = 2048
+
+
+@torch.no_grad()
+def recalibrate_batch_norm(
+    model: nn.Module,
+    predict_fn: PredictFn,
+    dataset: ImageArrayDataset,
+    batch_size: int,
+    seed: int,
+    device: str,
+    samples: int = BN_RECALIBRATION_SAMPLES,
+) -> None:
+    """Recompute every batch norm's running statistics as the plain average over ``samples`` un-augmented
+    training images (a seeded draw), for the final weights.
+
+    Why: the lookahead replaces the weights by their slow average, for which the running statistics
+    (collected on the fast weights at a high learning rate, momentum 0.1) are stale; measured on the CIFAR
+    airbench teacher after 8 of 10 epochs: 68.0 % on 1,000 test images with the running statistics, 82.1 %
+    recalibrated (82.5 % with the batches' own statistics)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average over the batches below
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed + 7_777))[:samples]
+    model.train()
+    try:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            if len(chunk) > 1:
+                predict_fn(dataset.normalised(chunk).to(device))
+    finally:
+        for norm, momentum in zip(norms, momenta, strict=True):
+            norm.momentum = momentum
+        model.eval()
+
+
 def fit(
     model: nn.Module,
     loss_fn: LossFn,
@@ -506,6 +546,19 @@ def _fit(
                 raise KeyboardInterrupt
     if not history:
         raise LasnnError(f"{ckpt} records no finished epoch; delete it or train for at least one epoch.")
+    if lookahead is not None and "test_accuracy_before_bn_recalibration" not in history[-1]:
+        # after the loop, also when resuming a finished run, so both paths end with the same weights
+        recalibrate_batch_norm(model, predict_fn, train_set, settings.batch_size, settings.seed, device)
+        model.eval()
+        last = history[-1]
+        last["test_accuracy_before_bn_recalibration"] = last["test_accuracy"]
+        last["test_accuracy"] = evaluate(
+            predict_fn, test_set, max(settings.batch_size, 256), device, settings.seed, settings.use_amp
+        )
+        say(
+            f"{desc}: batch-norm statistics recalibrated on {BN_RECALIBRATION_SAMPLES} training images: "
+            f"test acc {last['test_accuracy_before_bn_recalibration']:.4f} -> {last['test_accuracy']:.4f}"
+        )
     return {
         "test_accuracy": history[-1]["test_accuracy"],
         "epochs": settings.epochs,

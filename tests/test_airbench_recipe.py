@@ -152,3 +152,20 @@ def test_a_killed_benchmark_row_resumes_to_the_uninterrupted_result(tmp_path: Pa
         state_a = torch.load(tmp_path / "a" / name, weights_only=False)["state_dict"]
         state_b = torch.load(work / name, weights_only=False)["state_dict"]
         assert all(torch.equal(state_a[k], state_b[k]) for k in state_a), name
+
+
+def test_batch_norm_recalibration_sets_the_statistics_of_the_final_weights() -> None:
+    from lasnn.data import ImageArrayDataset
+    from lasnn.distill.training import recalibrate_batch_norm
+
+    images = _images(n=64, size=6)
+    dataset = ImageArrayDataset(images, torch.zeros(64, dtype=torch.int64), (0.5,) * 3, (0.25,) * 3)
+    conv = torch.nn.Conv2d(3, 4, 3, bias=False)
+    model = torch.nn.Sequential(conv, torch.nn.BatchNorm2d(4))
+    model[1].running_mean.fill_(5.0)  # stale statistics
+    recalibrate_batch_norm(model, model, dataset, batch_size=64, seed=0, device="cpu", samples=64)
+    with torch.no_grad():
+        out = conv(dataset.normalised(torch.arange(64)))
+    assert torch.allclose(model[1].running_mean, out.mean((0, 2, 3)), atol=1e-5)
+    assert torch.allclose(model[1].running_var, out.var((0, 2, 3), unbiased=True), rtol=1e-4)
+    assert model[1].momentum == 0.1 and not model.training
