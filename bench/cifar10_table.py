@@ -58,7 +58,12 @@ class Row:
 
 
 def _profile(
-    name: str, work: str, data: tuple[str, ...], device: tuple[str, ...], student_epochs: int | None = None
+    name: str,
+    work: str,
+    data: tuple[str, ...],
+    device: tuple[str, ...],
+    student_epochs: int | None = None,
+    student_extra: tuple[str, ...] = (),
 ) -> list[Row]:
     """The rows of a profile, in the order they run (what the comparison needs most comes first);
     ``work`` holds every row's output folder. ``student_epochs`` shortens (or lengthens) every student;
@@ -82,6 +87,8 @@ def _profile(
     teacher_arch = ("--arch", "small_cnn", "--recipe", "airbench") if smoke else ("--arch", "airbench")
     student = ("--student", "vgg", "--recipe", "airbench") if smoke else ("--student", "airbench")
     qcfs_width = "0.25" if smoke else "0.5"
+    if student_extra:  # other student options: their own folders too
+        suffix += "_" + "".join(c if c.isalnum() else "-" for c in "".join(student_extra).strip("-"))
 
     def out(row: str) -> tuple[str, str]:
         return ("--out", f"{work}/{row}")
@@ -120,7 +127,17 @@ def _profile(
         rows.append(
             Row(row, "converted", loss, "convert", (*args, *device, *out(row)), needs=("teacher_qcfs",))
         )
-    common = ("--teacher", f"{work}/teacher", *student, "--widths", widths, "--epochs", epochs, *device)
+    common = (
+        "--teacher",
+        f"{work}/teacher",
+        *student,
+        "--widths",
+        widths,
+        "--epochs",
+        epochs,
+        *student_extra,
+        *device,
+    )
     students = []
     for timesteps in (4, 2):
         for loss in ("lasnn", "ce", "kd"):
@@ -368,7 +385,8 @@ def _plot(path: Path, rows: list[dict[str, Any]]) -> None:
     ax.set_ylabel("CIFAR-10 test top-1 (%)")
     ax.set_title("Accuracy against time steps (full test set)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     tmp = path.with_name(path.stem + ".tmp.png")
     fig.savefig(tmp, dpi=120)
@@ -385,6 +403,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", help="passed to every command (default: each command's auto)")
     parser.add_argument("--rows", help="comma-separated row names to run (default: all)")
     parser.add_argument("--student-epochs", type=int, help="epochs of every student (default: the profile's)")
+    parser.add_argument(
+        "--student-args", default="", help="extra distill options for every student, e.g. '--recipe sgd'"
+    )
     parser.add_argument("--budget-minutes", type=float, help="start no new row after this much wall time")
     args = parser.parse_args(argv)
     work = args.work or ("runs/cifar10" if args.profile == "cpu" else f"runs/cifar10_{args.profile}")
@@ -394,13 +415,14 @@ def main(argv: list[str] | None = None) -> int:
         else ("--dataset", "cifar10", "--data-root", args.data_root)
     )
     device = ("--device", args.device) if args.device else ()
-    rows = _profile(args.profile, work, data, device, args.student_epochs)
+    extra = tuple(shlex.split(args.student_args))
+    rows = _profile(args.profile, work, data, device, args.student_epochs, extra)
     names = {r.name for r in rows}
     wanted = args.rows.split(",") if args.rows else [r.name for r in rows]
     unknown = [w for w in wanted if w not in names]
     if unknown:
         parser.error(f"unknown row(s) {', '.join(unknown)}; expected some of {', '.join(sorted(names))}")
-    suffix = f"_e{args.student_epochs}" if args.student_epochs is not None else ""
+    suffix = rows[2].name.removeprefix("student_ce_T4")  # the students' folder suffix
     stem = Path(args.results) if args.results else RESULTS / f"cifar10_{args.profile}{suffix}"
     started = time.time()
     records: dict[str, dict[str, Any]] = {}
