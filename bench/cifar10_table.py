@@ -290,15 +290,19 @@ def needed_steps(curve: list[dict[str, Any]], target: float) -> int | None:
 
 def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The latency ratios and the attention term's gains, from the rows present."""
-    by_model = {r["model"]: r for r in rows if r["kind"] != "converted"}
+    students = {
+        (r["loss"], r["timesteps"]): r
+        for r in rows
+        if r["kind"] == "student" and "from_converted" not in r["model"]
+    }
     out: dict[str, Any] = {}
     for t in (4, 2):
-        lasnn = by_model.get(f"student_lasnn_T{t}")
+        lasnn = students.get(("lasnn", t))
         if lasnn is None:
             continue
         for other in ("kd", "ce"):
-            if f"student_{other}_T{t}" in by_model:
-                gain = lasnn["test_accuracy"] - by_model[f"student_{other}_T{t}"]["test_accuracy"]
+            if (other, t) in students:
+                gain = lasnn["test_accuracy"] - students[(other, t)]["test_accuracy"]
                 out[f"lasnn_minus_{other}_T{t}_points"] = round(100 * gain, 2)
         for conversion in ("converted_qcfs", "converted_loihi"):
             curve = [r for r in rows if r["model"] == conversion]
