@@ -33,7 +33,7 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -54,7 +54,6 @@ class Row:
     args: tuple[str, ...]
     needs: tuple[str, ...] = ()
     timesteps: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _profile(

@@ -21,7 +21,6 @@ schedule with the learning rate given on the command line (``--lr`` is then the 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -163,8 +162,3 @@ class Lookahead:
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         for name, value in state.items():
             self.slow[name].copy_(value)
-
-
-def steps_in(n: int, batch_size: int) -> int:
-    """Steps per epoch: every full batch (airbench drops the last partial one)."""
-    return max(1, math.floor(n / batch_size))
