@@ -18,7 +18,7 @@ endif
 # incompatibility at import time (sims/lava_compat.py).
 LAVA_PIN := lava-nc==0.10.0
 
-.PHONY: setup demo test lint bench clean readers
+.PHONY: setup demo test lint bench clean readers netx
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
@@ -33,6 +33,10 @@ $(STAMP): pyproject.toml Makefile
 # they reuse the main venv's torch, see the script)
 readers: setup
 	bash scripts/reader_envs.sh
+
+# lava-dl 0.6.0 (netx) without its dependencies, for tests/test_netx_export.py (pinned; see the script)
+netx: setup
+	bash scripts/netx_env.sh
 
 demo: setup
 	$(BIN)/lasnn demo --out runs/demo

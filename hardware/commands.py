@@ -1,5 +1,6 @@
 """``lasnn compile GRAPH.nir -o MODEL``: quantise a NIR graph to Loihi 2 fixed point once and write the
-compiled model (``lasnn.hardware.compiled_model``), which ``lasnn simulate`` runs on Lava and the emulator.
+compiled model (``lasnn.hardware.compiled_model``), which ``lasnn simulate`` runs on Lava and the emulator;
+``lasnn export-netx MODEL -o NET.h5``: write a compiled model in lava-dl's netx format (``hardware.netx``).
 """
 
 from __future__ import annotations
@@ -45,6 +46,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dt", type=float, help="time step in seconds for a foreign NIR file (default: its own)")
     p.add_argument("--margin", type=float, default=2.0, help="u/v headroom factor over calibration (2)")
     p.set_defaults(func=run)
+
+    n = subparsers.add_parser(
+        "export-netx",
+        help="write a compiled model in lava-dl's netx HDF5 format",
+        description="Write a compiled Loihi model (from lasnn compile) as a lava-dl netx HDF5 file that "
+        "lava.lib.dl.netx.hdf5.Network loads, integer for integer. What netx cannot express is refused in "
+        "one sentence naming the layer; exact workarounds are printed as notes.",
+    )
+    n.add_argument("model", help="the compiled model (lasnn compile GRAPH.nir -o MODEL)")
+    n.add_argument("-o", "--output", required=True, help="netx .h5 file to write")
+    n.set_defaults(func=run_export_netx)
+
+
+def run_export_netx(args: argparse.Namespace) -> int:
+    from lasnn.api import export_netx
+
+    summary = export_netx(args.model, args.output)
+    print(json.dumps({k: v for k, v in summary.items() if k != "notes"}))
+    for note in summary["notes"]:
+        print(f"note: {note}")
+    print(f"wrote {args.output}")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:

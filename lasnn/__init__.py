@@ -35,6 +35,7 @@ __all__ = [
     "export_onnx",
     "compile_loihi",
     "load_compiled",
+    "export_netx",
     "loihi_resources",
     "simulate",
     "energy_report",

@@ -818,6 +818,30 @@ def load_compiled(path: str | os.PathLike) -> Any:
     return _load_compiled(path)
 
 
+def export_netx(model: Any, out: str | os.PathLike) -> dict[str, Any]:
+    """Write a compiled model (a ``CompiledModel`` or its file) in lava-dl's netx HDF5 format, as ``lasnn
+    export-netx``; returns the netx blocks (lasnn layer, netx type), the ``Network`` arguments it needs
+    (``input_message_bits``, ``reset_interval`` at least, ``reset_offset``) and the notes on what was
+    mapped by an exact workaround. What netx cannot express raises one ``LasnnError`` naming the layer."""
+    from lasnn.artifacts import check_writable
+    from lasnn.hardware.netx import RESET_OFFSET, write_netx
+
+    if isinstance(model, str | os.PathLike):
+        model = load_compiled(model)
+    if getattr(model, "loihi", None) is None:
+        raise LasnnError(f"export_netx takes a compiled model (compile_loihi), not a {type(model).__name__}.")
+    check_writable(out)
+    plan = write_netx(model, out)
+    return {
+        "blocks": [{"layer": b.name, "type": b.kind, "role": b.role} for b in plan.blocks],
+        "input_shape": list(plan.input_shape),
+        "input_message_bits": plan.input_message_bits,
+        "reset_interval_min": max(model.timesteps, plan.reset_interval_min),
+        "reset_offset": RESET_OFFSET,
+        "notes": plan.notes,
+    }
+
+
 def loihi_resources(model: Any) -> dict[str, Any]:
     """Per-layer neurons, synapses, stored weights and Loihi 2 cores of a compiled model, and the totals
     (cores, chips, host MACs per step), from the published per-core limits."""
