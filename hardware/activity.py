@@ -20,7 +20,14 @@ costs, so they follow how event-driven hardware works:
 - a ``LeakyIntegrator`` (non-spiking) is a stage of its own (kind ``"readout"``); as a source its graded
   output counts as MACs on every element at every step; ``Delay`` nodes connect one-to-one and hold
   events back (their last steps are never delivered);
-- **neuron updates** are neurons x T (every neuron's state is updated every step, spiking or not).
+- **neuron updates** are neurons x T (every neuron's state is updated every step, spiking or not);
+- **chip-only synapses** (given the compiled ``LoihiGraph``): the quantiser adds synapses the float graph
+  does not have (``loihi_graph``): from the always-on source neuron (constant currents: a CUBA neuron's
+  bias, a constant that starts after step 0), which spikes at every one of the T steps, so each costs its
+  nonzero weights x T operations; and a layer's reset synapse onto itself, one operation per spike (the
+  last step's excepted). They are added to their destination stage (``synaptic_ops``, ``connections``,
+  ``dense_ops``, ``chip_ops``, the part they make up), and each source neuron is a stage of its own (kind
+  ``"source"``, listed last: T spikes and T updates per neuron, no synapses into it).
 
 Written by hand: no library counts event-driven synaptic operations on a NIR-like graph. Fan-outs are
 computed from the structure of each synapse node: a chain of convolutions and poolings is a Kronecker
@@ -51,6 +58,7 @@ from lasnn.export.graph import (
     Scale,
     SumPool2d,
 )
+from lasnn.hardware.loihi_graph import LoihiGraph
 
 SYNAPSE_TYPES = (Affine, Conv2d, SumPool2d, Scale, Flatten, Delay)
 SOURCE_TYPES = (Neuron, Input, LeakyIntegrator)
@@ -273,7 +281,9 @@ def _describe(graph: Graph, paths: list[Path]) -> str:
     return ", ".join(parts)
 
 
-def layer_activity(graph: Graph, spikes: dict[str, np.ndarray], stream: np.ndarray) -> list[dict]:
+def layer_activity(
+    graph: Graph, spikes: dict[str, np.ndarray], stream: np.ndarray, loihi: LoihiGraph | None = None
+) -> list[dict]:
     """Per-stage activity per inference (mean over the batch), in topological order, readout last.
 
     ``spikes``: neuron node name -> ``[T, B, *shape]`` spike trains (a backend's ``BackendResult.spikes``);
@@ -284,6 +294,8 @@ def layer_activity(graph: Graph, spikes: dict[str, np.ndarray], stream: np.ndarr
     (``"ac"``, ``"mac"`` or ``"ac+mac"``), ``neuron_updates``, ``connections`` (structural synapses into
     the stage: the sum of every source's fan-out), ``input_connections`` (the part from an analog input) and
     ``dense_ops`` (the synaptic ops if every source were active at every step; NeuroBench's "Dense").
+    ``loihi``: the compiled network the spikes came from; its chip-only synapses and always-on source
+    neurons are charged too (module docstring).
     """
     stream = np.asarray(stream)
     if stream.ndim < 2:
@@ -374,4 +386,58 @@ def layer_activity(graph: Graph, spikes: dict[str, np.ndarray], stream: np.ndarr
                 "dense_ops": dense,
             }
         )
+    if loihi is not None:
+        _add_chip_synapses(result, loihi, spikes, steps, batch)
     return result
+
+
+def _add_chip_synapses(
+    result: list[dict], lg: LoihiGraph, spikes: dict[str, np.ndarray], steps: int, batch: int
+) -> None:
+    """Charge the synapses the quantiser added (always-on sources, reset synapses) to their destination
+    stages, and append one stage per source neuron (see the module docstring)."""
+    rows = {row["name"]: row for row in result}
+    sources = {name: layer for name, layer in lg.layers.items() if layer.kind == "source"}
+    for syn in lg.synapses:
+        if syn.role == "graph":
+            continue
+        row = rows.get(syn.dst)
+        if row is None:
+            raise LasnnError(
+                f"the compiled network's synapse {syn.name!r} feeds {syn.dst!r}, which is no stage of the "
+                "graph; the compiled model does not belong to this graph."
+            )
+        nonzero = float(np.count_nonzero(syn.weight))
+        if syn.role == "bias":  # one spike per step of the source, delivered to every nonzero weight
+            ops, delivered = nonzero * steps, steps
+            label = "always-on bias source"
+        else:  # reset: one operation per spike of the layer, the last step's never delivered
+            trains = np.asarray(spikes[syn.dst])[: max(steps - 1, 0)]
+            ops, delivered = float(trains.sum(dtype=np.float64)) / batch, max(steps - 1, 0)
+            label = "reset"
+        row["synaptic_ops"] += ops
+        row["chip_ops"] = row.get("chip_ops", 0.0) + ops
+        row["connections"] += nonzero
+        row["dense_ops"] += nonzero * delivered
+        if syn.src not in row["sources"]:
+            row["sources"] = sorted({*row["sources"], syn.src})
+        if label not in row["synapses"]:
+            row["synapses"] = f"{row['synapses']}, {label}" if row["synapses"] else label
+    for name, layer in sources.items():
+        result.append(
+            {
+                "name": name,
+                "kind": "source",
+                "synapses": "none (always on: one spike per step)",
+                "sources": [],
+                "neurons": layer.size,
+                "spikes": float(layer.size * steps),
+                "synaptic_ops": 0.0,
+                "macs": 0.0,
+                "op": "ac",
+                "neuron_updates": float(layer.size * steps),
+                "connections": 0.0,
+                "input_connections": 0.0,
+                "dense_ops": 0.0,
+            }
+        )

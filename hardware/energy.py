@@ -195,12 +195,14 @@ def latency(layers: list[dict], timesteps: int, model: dict, cores: dict[str, in
             + n["neuron_inactive"] * t["neuron_inactive"]
         )
         rows.append({"name": layer["name"], "cores": c, "time_per_step": work / (timesteps * c)})
-    total_cores = sum(r["cores"] for r in rows)
+    # an always-on source neuron sits in a core of a layer it feeds (hardware.resources): no core of its own
+    on_own_cores = [r for r, layer in zip(rows, layers, strict=True) if layer.get("kind") != "source"]
+    total_cores = sum(r["cores"] for r in on_own_cores)
     tiles = math.ceil(total_cores / int(_v(model, "limits", "cores_per_tile")))
     barrier = barrier_time(model, tiles)
     critical = max(rows, key=lambda r: r["time_per_step"]) if rows else None
     step = (critical["time_per_step"] if critical else 0.0) + barrier
-    steps = timesteps + len(layers)
+    steps = timesteps + sum(1 for layer in layers if layer.get("kind") != "source")  # sources: no stage
     return {
         "model": model["name"],
         "layers": rows,

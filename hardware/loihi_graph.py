@@ -76,6 +76,20 @@ synapse's buffer at a layer's first step holds the layer's own spikes of the ste
 sample); the float graph has zero there, the emulator has zero there, and the Lava backend must make it
 zero (clear the synapse buffer, or choose a gap in which the layer is silent, and check it).
 
+Always-on source (``kind = "source"``): a population (lasnn makes one of one neuron where needed, and one more
+per 64 pipeline stages beyond the first 64, since a synapse delays at most 63 steps) with
+no input, ``du = 4095, dv = 0, vth = 0`` and bias 1, so that ``v = 1 > 0`` and it spikes at every Lava step,
+before and after every reset. A ``dense`` synapse from it with weight ``W`` (``role = "bias"``) adds the
+integer current ``W << weight_exp`` to its destination's ``a_in`` at every step: a constant that enters
+``u`` (Loihi's own bias enters ``v``), i.e. a bias of a current-based neuron, or a constant the float graph
+delivers only from step ``s`` on (through a recurrent edge, ``s = 1``, or a ``Delay`` of ``s`` steps): its
+synapse then has ``delay = s - 1 + D.depth - source.depth``, so the first ``s`` steps of every sample read
+"before the sample" and are zero (the emulator's rule; Lava's masked synapse, see ``lava_backend``). The
+source's spikes are not results (no backend returns them) but they cost synaptic operations, which
+``activity`` charges. ``role = "reset"`` marks a synapse from a layer to itself (recurrent, diagonal) that
+adds the float graph's reset offset ``(v_reset - v_leak) * (1 - alpha_v)`` one step after each spike (Loihi
+resets v to 0); ``role = "graph"`` is every synapse of the float graph.
+
 Readout (``LoihiReadout``): ``mode = "current"`` (a lasnn student: the head's currents, averaged over T,
 are the logits) is a layer with ``du = 4095, dv = 0, vth = VTH_MAX, bias 0``: its ``u`` at each step is
 that step's head current ``a_in << 6`` (float: ``u / (64 * scale) + offset``) and its ``v`` accumulates
@@ -103,8 +117,9 @@ DECAY_SHIFT = 12  # du, dv: 12-bit, decay_unity = 2**12 (same file)
 ACT_SHIFT = 6  # a_in << 6 (act_shift, same file)
 VTH_SHIFT = 6  # vth << 6 (vth_shift, same file)
 VTH_MAX = 2**17 - 1  # vth: unsigned 17-bit (PyLifModelBitAcc docstring, LavaPyType precision=17)
-LAYER_KINDS = ("lif", "readout")
+LAYER_KINDS = ("lif", "readout", "source")
 SYNAPSE_KINDS = ("dense", "conv")
+SYNAPSE_ROLES = ("graph", "bias", "reset")
 READOUT_MODES = ("current", "potential", "spikes")
 INPUT_MODES = ("spikes", "current")
 
@@ -125,7 +140,7 @@ class LoihiLayer:
 
     name: str  # the float graph's Neuron / LeakyIntegrator node name (or the readout's name)
     shape: tuple[int, ...]
-    kind: str  # "lif" | "readout"
+    kind: str  # "lif" | "readout" | "source" (always on, see the module docstring)
     du: int
     dv: int
     vth: int
@@ -158,6 +173,7 @@ class LoihiSynapse:
     geometry: ConvGeometry | None = None
     recurrent: bool = False
     num_message_bits: int = 0  # binary spikes everywhere (analog input is injected as host current)
+    role: str = "graph"  # "graph" | "bias" (from the always-on source) | "reset" (module docstring)
 
     def matrix(self) -> sp.csr_matrix:
         """The connectivity as a [n_out, n_in] CSR matrix over C-order flat neuron indices."""
@@ -276,7 +292,8 @@ def conv_output_shape(
 
 
 def conv_matrix(kernel: np.ndarray, g: ConvGeometry) -> sp.csr_matrix:
-    """The [n_out, n_in] CSR matrix of a (groups 1, dilation 1) convolution, C-order flat indices."""
+    """The [n_out, n_in] CSR matrix of a (groups 1, dilation 1) convolution, C-order flat indices; int64 for
+    an integer kernel, float64 for a float one (the quantiser's dense fallback passes float kernels)."""
     c_out, c_in, kh, kw = kernel.shape
     _, h, w = g.input_shape
     _, ho, wo = g.output_shape
@@ -295,7 +312,8 @@ def conv_matrix(kernel: np.ndarray, g: ConvGeometry) -> sp.csr_matrix:
     keep = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w) & (values != 0)
     rows = ((co * ho + oy) * wo + ox)[keep]
     cols = ((ci * h + iy) * w + ix)[keep]
-    return sp.csr_matrix((values[keep].astype(np.int64), (rows, cols)), shape=(c_out * ho * wo, c_in * h * w))
+    dtype = np.int64 if np.issubdtype(kernel.dtype, np.integer) else np.float64
+    return sp.csr_matrix((values[keep].astype(dtype), (rows, cols)), shape=(c_out * ho * wo, c_in * h * w))
 
 
 def conv_weight_whc(kernel: np.ndarray) -> np.ndarray:
@@ -388,10 +406,35 @@ def check_loihi_graph(lg: LoihiGraph) -> None:
                 raise LasnnError(
                     f"{where} has {field_name} in {arr.min()}..{arr.max()}; Loihi expects {low}..{high}."
                 )
+    sources = {name for name, layer in lg.layers.items() if layer.kind == "source"}
+    for name in sources:
+        layer = lg.layers[name]
+        fed = [s.name for s in lg.synapses if s.dst == name]
+        fed += [h.name for h in lg.input.host if h.dst == name]
+        if fed or layer.du != lim.DU_MAX or np.any(layer.bias() <= layer.vth << VTH_SHIFT):
+            raise LasnnError(
+                f"source layer '{name}' has inputs {fed}, du={layer.du} and biases {layer.bias().min()}.."
+                f"{layer.bias().max()} against vth {layer.vth}; an always-on source has no input, du "
+                f"{lim.DU_MAX} and a bias above vth << {VTH_SHIFT}."
+            )
+    names = [s.name for s in lg.synapses]
+    if len(set(names)) != len(names):
+        raise LasnnError(
+            f"the Loihi graph has synapses of the same name ({sorted(names)}); names must be unique."
+        )
     for syn in lg.synapses:
         where = f"synapse '{syn.name}' ({syn.src} -> {syn.dst})"
         if syn.dst not in lg.layers:
             raise LasnnError(f"{where} ends at an unknown layer '{syn.dst}'.")
+        if syn.role not in SYNAPSE_ROLES or (syn.role == "bias") != (syn.src in sources):
+            raise LasnnError(
+                f"{where} has role {syn.role!r}; expected 'bias' exactly for synapses from a source layer, "
+                f"else one of {', '.join(r for r in SYNAPSE_ROLES if r != 'bias')}."
+            )
+        if syn.role == "reset" and (syn.src != syn.dst or not syn.recurrent):
+            raise LasnnError(
+                f"{where} has role 'reset'; a reset synapse connects a layer to itself, recurrent."
+            )
         if syn.src in lg.layers:
             n_in = lg.layers[syn.src].size
         elif syn.src == lg.input.name and lg.input.mode == "spikes":
@@ -451,7 +494,7 @@ def check_loihi_graph(lg: LoihiGraph) -> None:
                 "and a shift >= 1."
             )
     ro = lg.readout
-    if ro.mode not in READOUT_MODES or ro.layer not in lg.layers:
+    if ro.mode not in READOUT_MODES or ro.layer not in lg.layers or ro.layer in sources:
         raise LasnnError(
             f"the readout '{ro.name}' has mode {ro.mode!r} on layer '{ro.layer}'; expected one of "
             f"{', '.join(READOUT_MODES)} on a known layer."

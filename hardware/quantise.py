@@ -7,8 +7,14 @@ Written by hand: no library maps NIR-like graphs onto Lava's fixed-point LIF/Den
    Flatten -> Affine``, a residual shortcut, ...) becomes one synapse, composed exactly in float64: chains
    of convolution-like ops (conv, sum pooling, per-channel scale) into one strided convolution with a larger
    kernel (checked against the sequential ops on a random probe; border effects that break the identity
-   fall back to a dense matrix, the chain's Jacobian). Constant inputs (biases pushed through the chain)
-   go to the neuron bias, or to the host input (CUBA neurons fed by the host), or to the readout offset.
+   fall back to a dense matrix, the chain's Jacobian). A ``Delay`` with per-element steps splits its path
+   into one synapse per distinct delay. Constant inputs (biases pushed through the chain, recurrent edges
+   and ``Delay`` nodes included, each with the step from which the float graph delivers it) go to the
+   neuron bias (Loihi adds it to v: a constant present from step 0 into a neuron without synaptic
+   current), the host input (CUBA neurons fed by the host), the readout offset, or else a synapse from one
+   always-on source neuron (``loihi_graph``), whose weight is the constant current and whose delay sets
+   the step it starts at. A reset potential other than the rest potential is a synapse of the layer
+   onto itself that adds the reset offset one step after each spike.
 2. **Timing.** Each population gets a depth (longest synapse path from the input) and every synapse the
    delay that aligns it with the float graph (a shortcut that skips a stage gets one step; see
    ``loihi_graph``). Delayed synapses are Dense (Lava's Conv has no delay).
@@ -23,10 +29,8 @@ Written by hand: no library maps NIR-like graphs onto Lava's fixed-point LIF/Den
    largest ``|u|``, ``|v|`` in integer units against the 24-bit range, and per synapse its kind, exponent,
    delay, fan-in, clipped weights and weight quantisation error. The emulator measures the actual ranges
    and saturation counts of a run (``EmulatorBackend.stats``).
-5. **Refusal.** Whatever cannot be represented (v_reset != v_leak, a non-positive threshold, a CUBA neuron
-   with a constant input that Loihi adds to v instead of u, a delay over 63 steps, an un-alignable
-   recurrent edge, a fan-in over one core's synaptic memory, a threshold needing fewer than 1 integer
-   step) raises ``LasnnError`` naming the layer. Nothing is clipped silently: the report counts every
+5. **Refusal.** Whatever cannot be represented raises ``LasnnError`` naming the layer, why, and what to
+   do (the table below lists every refusal). Nothing is clipped silently: the report counts every
    clipped weight and approximated decay.
 """
 
@@ -73,6 +77,34 @@ LAYER_NODES = (Neuron, LeakyIntegrator)
 MAX_DENSE_ENTRIES = 2**24  # a composed dense matrix larger than this (128 MiB in float64) is refused
 HOST_WEIGHT_BITS = 16  # host weights of the analog input stage: 16-bit (lasnn's choice, exact integer math)
 EXACT = 2**53  # float64 represents every integer below this exactly
+SOURCE_NAME = "bias_source"  # the always-on source population (suffixed with '_' if the graph has the name)
+
+# ----------------------------------------------------------------------------------------------------
+# What is mapped and what is refused (issue 15: map what Loihi represents exactly, refuse the rest).
+#
+# graph feature                                    | on Loihi
+# -------------------------------------------------+-----------------------------------------------------
+# constant input into a CUBA neuron (a bias)       | mapped: always-on source -> Dense (weight = current)
+# constant on a recurrent edge (absent at t = 0)   | mapped: source synapse delivering from step 1 on
+# Delay of a constant (absent for d steps)         | mapped: source synapse delivering from step d on
+# constant into a layer over 63 stages deep        | mapped: a second source deeper in the pipeline
+# Delay with per-element steps                     | mapped: one synapse per distinct delay
+# v_reset != v_leak, no synaptic current           | mapped: self-synapse adding the reset offset
+# Output fed straight by the Input                 | mapped: a readout population
+# v_reset != v_leak, CUBA                          | refused: the offset would enter u and persist
+# LI readout beside other Output sources           | refused: an LI potential is not sent as spikes
+# non-spiking layer feeding another layer          | refused: Lava's LIF sends binary spikes only
+# v_threshold <= v_leak                            | refused: Loihi's threshold is unsigned, v rests at 0
+# per-neuron alpha_v / alpha_i                     | refused: one du, dv per Lava LIF (a split of the
+#                                                  |          layer per decay could map it; not done)
+# cycle of stateless nodes (no neuron on it)       | refused: synapses connect neurons, hold no state
+# recurrent loop through several populations       | refused: each synapse stage costs one step
+#   closing in fewer steps than it has stages      |          (add a Delay on the recurrent edge)
+# delay over 63 steps on a graph path              | refused: 6-bit synaptic delays (relay neurons
+#                                                  |          could carry longer ones; not done)
+# fan-in over one core's synaptic memory           | refused: a neuron's synapses live in its core
+# threshold below one integer step, readout scale  | refused: the limits leave no integer resolution
+# a composed matrix too large, host range          | refused: memory / exact-integer limits of lasnn
 
 
 @dataclass
@@ -87,6 +119,7 @@ class PathMap:
     kernel: np.ndarray | None = None  # conv form
     geometry: ConvGeometry | None = None
     matrix: np.ndarray | None = None  # dense form [n_out, n_in]
+    tag: str = ""  # appended to the synapse name (one part of a path split by per-element delays)
 
     def row_abs_sum(self, out_shape: tuple[int, ...]) -> np.ndarray:
         """Upper bound of ``sum_j |M[n, j]|`` per output neuron (conv: the whole kernel), shape out_shape."""
@@ -198,32 +231,57 @@ def _compose(a, b):  # noqa: ANN001, ANN202 - (kernel, stride, padding) pairs
     return out, (sa[0] * sb[0], sa[1] * sb[1]), (pa[0] + pb[0] * sa[0], pa[1] + pb[1] * sa[1])
 
 
-def _path_delay(graph: Graph, names: list[str], dst: str) -> int:
+def delay_variants(graph: Graph, names: list[str]) -> list[dict[str, tuple[object, int]]]:
+    """The parts of a chain split by its per-element ``Delay`` nodes: one override per part, mapping each
+    such Delay to (a 0/1 ``Scale`` selecting the elements of one delay value, that delay). A chain without
+    per-element delays has one part and no override. The parts sum to the chain (every element has one
+    delay), and each part is a synapse with one uniform delay."""
+    parts: list[dict[str, tuple[object, int]]] = [{}]
+    for n in names:
+        node = graph.nodes[n]
+        if not isinstance(node, Delay):
+            continue
+        steps = np.asarray(node.steps)
+        values = np.unique(steps)
+        if values.size < 2:
+            continue
+        parts = [
+            {**part, n: (Scale((steps == d).astype(np.float64)), int(d))} for part in parts for d in values
+        ]
+    return parts
+
+
+def _path_delay(graph: Graph, names: list[str], overrides: dict[str, tuple[object, int]]) -> int:
     total = 0
     for n in names:
         node = graph.nodes[n]
-        if isinstance(node, Delay):
-            steps = np.unique(np.asarray(node.steps))
-            if steps.size != 1:
-                raise LasnnError(
-                    f"Delay node '{n}' (feeding '{dst}') has per-element delays {steps[:4]}...; "
-                    "lasnn maps only a uniform delay per Delay node onto Loihi synapses."
-                )
-            total += int(steps[0])
+        if n in overrides:
+            total += overrides[n][1]
+        elif isinstance(node, Delay):
+            total += int(np.asarray(node.steps).flat[0]) if np.asarray(node.steps).size else 0
     return total
 
 
 def compose_path(
-    graph: Graph, shapes: dict, src: str, names: list[str], dst: str, recurrent: bool
+    graph: Graph,
+    shapes: dict,
+    src: str,
+    names: list[str],
+    dst: str,
+    recurrent: bool,
+    overrides: dict[str, tuple[object, int]] | None = None,
 ) -> PathMap:
-    """Compose the stateless chain ``names`` (from ``src`` to ``dst``) into one linear map."""
-    delay = _path_delay(graph, names, dst)
+    """Compose the stateless chain ``names`` (from ``src`` to ``dst``) into one linear map; ``overrides``
+    (from ``delay_variants``) replaces per-element Delay nodes by one part of them."""
+    overrides = overrides or {}
+    delay = _path_delay(graph, names, overrides)
     src_shape = tuple(shapes[src][1])
     dst_shape = (
         tuple(shapes[dst][1]) if not isinstance(graph.nodes[dst], Output) else tuple(graph.nodes[dst].shape)
     )
-    pm = PathMap(src=src, dst=dst, names=names, recurrent=recurrent, delay=delay)
-    nodes = [graph.nodes[n] for n in names]
+    tag = "".join(f"@{n}={overrides[n][1]}" for n in names if n in overrides)
+    pm = PathMap(src=src, dst=dst, names=names, recurrent=recurrent, delay=delay, tag=tag)
+    nodes = [overrides[n][0] if n in overrides else graph.nodes[n] for n in names]
 
     def chain(x: torch.Tensor) -> torch.Tensor:
         for node in nodes:
@@ -303,7 +361,8 @@ def _paths(graph: Graph, recurrent: set[tuple[str, str]]) -> list[tuple[str, lis
                     if src in chain:
                         raise LasnnError(
                             f"node '{src}' is on a cycle of stateless nodes (no neuron in the loop); "
-                            "Loihi needs a neuron population on every recurrent loop."
+                            "Loihi's synapses connect neuron populations and hold no state, so it cannot "
+                            "be represented: put a neuron layer on the loop."
                         )
                     stack.append((src, [src, *chain], r))
                 else:
@@ -311,43 +370,62 @@ def _paths(graph: Graph, recurrent: set[tuple[str, str]]) -> list[tuple[str, lis
     return out
 
 
-def _constant_inputs(graph: Graph, shapes: dict, order: list[str], recurrent: set) -> dict[str, np.ndarray]:
-    """The time-constant input (biases pushed through the chains) into every population and the Output."""
-    const: dict[str, torch.Tensor] = {}
-    result: dict[str, np.ndarray] = {}
+def _constant_inputs(
+    graph: Graph, shapes: dict, order: list[str], recurrent: set
+) -> dict[str, dict[int, np.ndarray]]:
+    """The time-constant inputs (biases pushed through the chains) into every population and the Output,
+    by the step from which the float graph delivers them: ``{start: value}``. A bias is there from step 0;
+    a recurrent edge carries the previous step (zero at step 0), so it moves a constant to ``start + 1``;
+    a ``Delay`` of ``d`` steps to ``start + d`` (per element). A population's output carries none.
+
+    Computed from the sources backwards (memoised), because the source of a recurrent edge comes after its
+    destination in the schedule; every cycle passes a population (``_paths`` refuses the others)."""
+    memo: dict[str, dict[int, torch.Tensor]] = {}
+
+    def add(into: dict[int, torch.Tensor], start: int, value: torch.Tensor) -> None:
+        into[start] = value if start not in into else into[start] + value.reshape(into[start].shape)
+
+    def incoming(name: str) -> dict[int, torch.Tensor]:
+        total: dict[int, torch.Tensor] = {}
+        for src in graph.sources(name):
+            shift = 1 if (src, name) in recurrent else 0
+            for start, value in output(src).items():
+                add(total, start + shift, value)
+        return total
+
+    def output(name: str) -> dict[int, torch.Tensor]:
+        if name in memo:
+            return memo[name]
+        node = graph.nodes[name]
+        result: dict[int, torch.Tensor] = {}
+        if isinstance(node, SYNAPSE_NODES):
+            shape = tuple(shapes[name][1])
+            in_shape = tuple(shapes[name][0]) if shapes[name][0] else shape
+            for start, value in incoming(name).items():
+                if isinstance(node, Delay):
+                    steps = torch.as_tensor(np.asarray(node.steps))
+                    value = value.reshape(1, *shape)
+                    for d in torch.unique(steps).tolist():
+                        add(result, start + int(d), torch.where(steps == d, value, torch.zeros_like(value)))
+                else:
+                    add(result, start, apply_node(node, value, with_bias=False).reshape(1, *shape))
+            if not isinstance(node, Delay):
+                bias = apply_node(node, torch.zeros((1, *in_shape), dtype=torch.float64)).reshape(1, *shape)
+                if bool(bias.abs().max() > 0):
+                    add(result, 0, bias)
+        memo[name] = {k: v for k, v in result.items() if bool(v.abs().max() > 0)}
+        return memo[name]
+
+    result: dict[str, dict[int, np.ndarray]] = {}
     for name in order:
         node = graph.nodes[name]
-        shape = tuple(shapes[name][1])
-        if isinstance(node, Input | Neuron | LeakyIntegrator):
-            const[name] = torch.zeros((1, *shape), dtype=torch.float64)
-        total = None
-        for src in graph.sources(name):
-            value = const.get(src)
-            if value is None or not bool(value.abs().max() > 0):
-                continue
-            if (src, name) in recurrent:
-                raise LasnnError(
-                    f"the recurrent edge '{src}' -> '{name}' carries a constant (a bias), which "
-                    "is zero at the first step in the float graph; Loihi synapses cannot express it."
-                )
-            total = value if total is None else total + value.reshape(total.shape)
-        if isinstance(node, SYNAPSE_NODES):
-            if isinstance(node, Delay) and total is not None:
-                raise LasnnError(
-                    f"Delay node '{name}' delays a constant (a bias), which is zero during its first "
-                    "steps in the float graph; Loihi cannot express that."
-                )
-            x = (
-                total
-                if total is not None
-                else torch.zeros(
-                    (1, *shapes[name][0]) if shapes[name][0] else (1, *shape), dtype=torch.float64
-                )
-            )
-            const[name] = apply_node(node, x, with_bias=True).reshape(1, *shape)
-        elif isinstance(node, LAYER_NODES + (Output,)):
+        if isinstance(node, LAYER_NODES + (Output,)):
             tshape = tuple(node.shape)
-            result[name] = np.zeros(tshape) if total is None else total.reshape(tshape).numpy()
+            result[name] = {
+                start: value.reshape(tshape).numpy()
+                for start, value in sorted(incoming(name).items())
+                if bool(value.abs().max() > 0)
+            }
     return result
 
 
@@ -363,6 +441,7 @@ class _LayerFloat:
     gain: np.ndarray
     theta: np.ndarray | None  # v_th - v_leak (lif only)
     v_offset: np.ndarray
+    reset: np.ndarray | None = None  # v_reset - v_leak where it is not 0 (lif without synaptic current)
 
 
 def _layer_float(name: str, node: object) -> _LayerFloat:
@@ -373,7 +452,8 @@ def _layer_float(name: str, node: object) -> _LayerFloat:
         if not np.allclose(values, values.flat[0], rtol=1e-9, atol=1e-12):
             raise LasnnError(
                 f"layer '{name}' has per-neuron '{field}' values ({values.min():g}..{values.max():g}); "
-                "a Loihi population shares one decay constant, so it must be uniform."
+                "a Lava LIF population has one decay constant (du, dv), so it cannot be represented: "
+                "make the decay uniform per layer, or split the layer into layers of uniform decay."
             )
         return float(values.flat[0])
 
@@ -383,19 +463,25 @@ def _layer_float(name: str, node: object) -> _LayerFloat:
     gain = np.broadcast_to(np.asarray(node.gain, dtype=np.float64), shape).copy()
     if isinstance(node, Neuron):
         v_reset = np.broadcast_to(np.asarray(node.v_reset, dtype=np.float64), shape)
+        reset = None
         if not np.allclose(v_reset, v_leak, rtol=1e-9, atol=1e-12):
-            raise LasnnError(
-                f"layer '{name}' resets to v_reset={v_reset.flat[0]:g} but rests at "
-                f"v_leak={v_leak.flat[0]:g}; Loihi starts and resets every neuron at the same "
-                "potential, so v_reset must equal v_leak."
-            )
+            if alpha_i is not None:
+                raise LasnnError(
+                    f"layer '{name}' is current-based (CUBA) and resets to v_reset={v_reset.flat[0]:g} "
+                    f"but rests at v_leak={v_leak.flat[0]:g}; Loihi resets v to its rest (0) and the "
+                    "offset could only be fed back through the current u, which carries it into later "
+                    "steps, so it cannot be represented: use v_reset = v_leak or a neuron without "
+                    "synaptic current."
+                )
+            reset = v_reset - v_leak
         theta = np.broadcast_to(np.asarray(node.v_threshold, dtype=np.float64), shape) - v_leak
         if (theta <= 0).any():
             raise LasnnError(
                 f"layer '{name}' has a threshold at or below its rest potential "
-                f"(v_threshold - v_leak = {theta.min():g}); Loihi's threshold is unsigned, expected > 0."
+                f"(v_threshold - v_leak = {theta.min():g}); Loihi compares v, which rests at 0, with an "
+                "unsigned threshold, so it cannot be represented: expected v_threshold above v_leak."
             )
-        return _LayerFloat(name, shape, "lif", alpha_v, alpha_i, gain, theta, v_leak)
+        return _LayerFloat(name, shape, "lif", alpha_v, alpha_i, gain, theta, v_leak, reset)
     return _LayerFloat(name, shape, "readout", alpha_v, alpha_i, gain, None, v_leak)
 
 
@@ -449,11 +535,15 @@ def _calibrate(graph, stream, batch_size, shapes, order, recurrent, stats):  # n
                     else:
                         value = cur[src]
                     total = value if total is None else total + value.reshape(total.shape)
-                if isinstance(node, Delay):
+                if isinstance(node, Delay):  # per element, as the float backend delays
                     hist = delays.setdefault(name, [])
                     hist.append(total)
-                    d = int(np.asarray(node.steps).max())
-                    cur[name] = hist[-1 - d] if d < len(hist) else torch.zeros_like(total)
+                    steps = torch.as_tensor(np.asarray(node.steps))
+                    out = torch.zeros_like(total)
+                    for d in torch.unique(steps).tolist():
+                        if d < len(hist):
+                            out = torch.where(steps == d, hist[-1 - int(d)], out)
+                    cur[name] = out
                 elif isinstance(node, SYNAPSE_NODES):
                     cur[name] = apply_node(node, total)
                 elif isinstance(node, Output):
@@ -580,19 +670,15 @@ def quantise(
     for src, chain, dst, _ in paths:
         if isinstance(graph.nodes[src], LeakyIntegrator) and not (dst == output_name and not chain):
             raise LasnnError(
-                f"the non-spiking layer '{src}' feeds '{dst}'; on Loihi only the readout may be "
-                "non-spiking (its potential is not sent as spikes)."
+                f"the non-spiking layer '{src}' feeds '{dst}'; Lava's LIF sends only binary spikes, so "
+                "its potential cannot be passed on: make it a spiking layer, or the graph's readout."
             )
-        if isinstance(graph.nodes[src], Input) and dst == output_name:
+        if isinstance(graph.nodes[src], LeakyIntegrator) and readout_mode == "current":
             raise LasnnError(
-                f"the Output '{output_name}' is fed straight from the Input; lasnn maps networks "
-                "with at least one neuron population between them."
+                f"the Output '{output_name}' adds the potential of the non-spiking layer '{src}' to other "
+                "inputs; Loihi reads a potential only as the readout itself, so it cannot be represented: "
+                "feed the Output from that layer alone."
             )
-    if readout_mode != "current" and len(out_sources) != 1:
-        raise LasnnError(
-            f"the Output '{output_name}' mixes a neuron layer with other inputs; expected either "
-            "one layer or synapse chains into it."
-        )
     floats: dict[str, _LayerFloat] = {}
     for name in order:
         node = graph.nodes[name]
@@ -610,14 +696,25 @@ def quantise(
     for src, chain, dst, rec in paths:
         if dst == output_name and readout_mode != "current":
             continue
-        maps.append(compose_path(graph, shapes, src, chain, dst, rec))
+        parts = delay_variants(graph, chain)
+        for overrides in parts:
+            pm = compose_path(graph, shapes, src, chain, dst, rec, overrides)
+            if len(parts) == 1 or pm.row_abs_max(_out_shape(graph, shapes, dst)).max(initial=0.0) > 0:
+                maps.append(pm)  # (a part that selects no element of a split Delay is left out)
 
     # --- depths and delays -------------------------------------------------------------------------
     host_mode = input_mode == "current"
     depth: dict[str, int] = {input_name: 0}
     layer_order = [n for n in order if n in floats]
     for name in layer_order:
-        d = 0
+        # a CUBA layer whose constant current starts at step 0 and that the host does not feed needs a
+        # source synapse one stage ahead of it: at least depth 1 (only a layer fed solely through
+        # recurrent edges would otherwise sit at depth 0)
+        needs_stage = floats[name].alpha_i is not None and 0 in const.get(name, {})
+        needs_stage = needs_stage and not any(
+            host_mode and pm.src == input_name for pm in maps if pm.dst == name
+        )
+        d = 1 if needs_stage else 0
         for pm in maps:
             if pm.dst == name and not pm.recurrent and not (host_mode and pm.src == input_name):
                 d = max(d, depth[pm.src] + 1)
@@ -628,13 +725,16 @@ def quantise(
         pm_delay = depth[pm.dst] - depth[pm.src] + pm.delay - (0 if pm.recurrent else 1)
         if pm_delay < 0:
             raise LasnnError(
-                f"the recurrent connection from '{pm.src}' to '{pm.dst}' reaches back over "
-                f"{-pm_delay} Loihi pipeline step(s); Loihi's synapses cannot deliver it in time."
+                f"the recurrent connection from '{pm.src}' to '{pm.dst}' closes a loop over "
+                f"{depth[pm.src] - depth[pm.dst] + 1} populations in one step, but each Loihi synapse "
+                f"stage takes a step, so it cannot be represented: give that edge a Delay of at least "
+                f"{-pm_delay} step(s) (in the trained graph too)."
             )
         if pm_delay > lim.MAX_DELAY:
             raise LasnnError(
                 f"the connection from '{pm.src}' to '{pm.dst}' needs a delay of {pm_delay} steps; "
-                f"Loihi 2 synapses delay at most {lim.MAX_DELAY}."
+                f"Loihi 2 synapses delay at most {lim.MAX_DELAY} (6 bits), so it cannot be represented: "
+                "shorten the Delay or the skipped part of the network."
             )
         pm.delay = pm_delay
 
@@ -664,6 +764,11 @@ def quantise(
     host: list[HostSynapse] = []
     report_layers: list[dict] = []
     in_scale = (2**15 - 1) / in_max_float if host_mode else 1.0
+    source_name = SOURCE_NAME
+    while any(n == source_name or n.startswith(source_name + "@") for n in graph.nodes):
+        source_name += "_"
+    source_depths: dict[str, int] = {}  # always-on sources: name -> depth (one per depth that is needed)
+    source_reports: list[dict] = []
 
     for name in layer_order:
         lf = floats[name]
@@ -673,26 +778,34 @@ def quantise(
             if fan > lim.MAX_FAN_IN:
                 raise LasnnError(
                     f"layer '{name}' has a fan-in of {fan} synapses from '{pm.src}'; one Loihi 2 "
-                    f"core holds at most {lim.MAX_FAN_IN} (estimate, see loihi_limits)."
+                    f"core holds at most {lim.MAX_FAN_IN} (estimate, see loihi_limits), and a neuron's "
+                    "synapses live in its core, so it cannot be represented: use fewer inputs per neuron."
                 )
-        cst = const.get(name, np.zeros(lf.shape))
-        # the readout's constant is added back on the host (LoihiReadout.offset)
-        c_bias = np.zeros(lf.shape) if name == output_name and readout_mode == "current" else lf.gain * cst
+        zeros = np.zeros(lf.shape)
+        comps = const.get(name, {})  # {start step: constant input (float current)}
+        current_readout = name == output_name and readout_mode == "current"
+        cuba = lf.alpha_i is not None
+        # a constant from step 0 into a neuron without current memory is Loihi's bias (added to v every
+        # step); the current readout's is added back on the host (LoihiReadout.offset); every other constant
+        # (into a CUBA neuron's u, or one that starts later) is a current: a bias from the host input stage
+        # or a synapse from the always-on source ("terms", in float v units per step, by start step)
+        c_bias = zeros if (current_readout or cuba) else lf.gain * comps.get(0, zeros)
+        terms = {t: lf.gain * c for t, c in comps.items() if t > 0 or cuba}
         host_into = [pm for pm in into if host_mode and pm.src == input_name]
-        cuba_const_to_host = lf.alpha_i is not None and bool(np.abs(cst).max() > 0)
-        if cuba_const_to_host and not host_into:
-            raise LasnnError(
-                f"layer '{name}' is current-based (CUBA) and receives a constant input (a bias); "
-                "Loihi adds biases to v, not to the current u, so it cannot be represented."
-            )
-        if cuba_const_to_host:
-            c_bias = np.zeros(lf.shape)
+        host_term = terms.pop(0) if host_into and 0 in terms else None
+        # the reset offset (float v units, added one step after a spike); it decays with v first
+        reset = None if lf.reset is None else lf.reset * (1.0 - lf.alpha_v)
+        if reset is not None and not np.abs(reset).max() > 0:
+            reset = None  # a full leak (alpha_v = 1) forgets the reset potential within the step
+        extra_u = sum((np.abs(x) for x in terms.values()), zeros)
+        extra_u = extra_u + (np.abs(host_term) if host_term is not None else 0.0)
         theta = lf.theta if lf.theta is not None else np.ones(lf.shape)
         gain = lf.gain
-        # u headroom: the largest |gain * i| per neuron (float), measured or bounded
+        # u headroom: the largest |gain * i| per neuron (float), measured or bounded; the reset offset is
+        # a current on the chip only (the float graph sets v instead)
         if stats is not None and name in stats:
-            u_peak = stats[name] if name != output_name else stats[name] + np.abs(cst)
-            u_peak = np.broadcast_to(u_peak, lf.shape)
+            u_peak = stats[name] if name != output_name else stats[name] + np.abs(comps.get(0, zeros))
+            u_peak = np.broadcast_to(u_peak, lf.shape) + (np.abs(reset) if reset is not None else 0.0)
             v_peak = np.broadcast_to(stats.get(name + "#v", 0.0), lf.shape)
             source = "calibration"
         else:
@@ -700,10 +813,13 @@ def quantise(
             for pm in into:
                 src_peak = in_max_float if (host_mode and pm.src == input_name) else 1.0
                 u_peak = u_peak + gain * pm.row_abs_sum(lf.shape) * src_peak
-            u_peak = u_peak + (np.abs(gain * cst) if cuba_const_to_host else 0.0)
+            u_peak = u_peak + extra_u
             if lf.alpha_i is not None:
                 u_peak = u_peak / max(lf.alpha_i, 1.0 / lim.DECAY_UNITY)
+            u_peak = u_peak + (np.abs(reset) if reset is not None else 0.0)
             v_peak = (u_peak + np.abs(c_bias)) * min(timesteps, 1.0 / max(lf.alpha_v, 1e-300))
+            if lf.reset is not None:
+                v_peak = np.maximum(v_peak, np.abs(lf.reset))
             source = "static bound"
         u_peak = np.maximum(u_peak, 1e-300)
         ratio = theta  # scale = vth / theta per neuron
@@ -732,6 +848,15 @@ def quantise(
                 bounds[f"weight exponent from '{pm.src}'"] = float(
                     np.min(254 * 2.0**lim.WEIGHT_EXP_MAX * ratio / wmax)
                 )
+        dense_max = 254 * 2.0**lim.WEIGHT_EXP_MAX  # the largest Dense a_out (one spike, exponent 7)
+        for value in terms.values():
+            bounds["bias synapse range"] = min(
+                bounds.get("bias synapse range", np.inf),
+                float(np.min(dense_max * ratio / np.maximum(np.abs(value), 1e-300))),
+            )
+        if reset is not None:
+            worst = np.maximum(np.abs(reset), 1e-300)
+            bounds["reset synapse range"] = float(np.min(dense_max * ratio / worst))
         binding = min(bounds, key=bounds.get)
         vth_real = bounds[binding]
         if lf.kind == "lif":
@@ -739,14 +864,18 @@ def quantise(
             if vth < 1:
                 raise LasnnError(
                     f"layer '{name}' cannot be represented: its threshold would be {vth_real:.3g} "
-                    f"integer units (limited by {binding}); expected at least 1."
+                    f"integer units (limited by {binding}), below 1; make that limit looser (e.g. "
+                    "smaller weights relative to the threshold)."
                 )
             scale = vth / ratio
         else:
             vth = lim.VTH_MAX
             scale = np.full(lf.shape, vth_real * 1.0) / ratio  # readouts: theta = 1, free real scale
             if not np.all(np.isfinite(scale)) or scale.min() <= 0:
-                raise LasnnError(f"readout '{name}' cannot be scaled (limited by {binding}).")
+                raise LasnnError(
+                    f"readout '{name}' cannot be represented: no positive finite scale fits (limited by "
+                    f"{binding}); check its input weights for zeros or infinities."
+                )
         # neuron constants
         if lf.alpha_i is None:
             du, du_err = lim.DU_MAX, 0.0
@@ -778,13 +907,26 @@ def quantise(
         for pm in into:
             row_scale = gain * scale  # float current -> a_in units
             if host_mode and pm.src == input_name:
-                hs, rep = _host_synapse(
-                    pm, row_scale, in_scale, cst * row_scale if cuba_const_to_host else None, lf.shape
-                )
+                bias_a_in = host_term * scale if host_term is not None and pm is host_into[0] else None
+                hs, rep = _host_synapse(pm, row_scale, in_scale, bias_a_in, lf.shape)
                 host.append(hs)
                 syn_reports.append(rep)
                 continue
             syn, rep = _chip_synapse(pm, row_scale, lf.shape)
+            synapses.append(syn)
+            syn_reports.append(rep)
+        for t, value in sorted(terms.items()):  # constant currents from an always-on source
+            # the source at depth 0, or (where the synaptic delay would exceed 63 steps) at the largest
+            # multiple of 64 that leaves a delay of 0..63: a few sources serve any depth
+            src_depth = (t - 1 + depth[name]) // (lim.MAX_DELAY + 1) * (lim.MAX_DELAY + 1)
+            src = source_name if src_depth == 0 else f"{source_name}@{src_depth}"
+            source_depths[src] = src_depth
+            syn, rep = _source_synapse(src, name, value * scale, t, depth[name] - src_depth)
+            synapses.append(syn)
+            syn_reports.append(rep)
+            source_reports.append(rep)
+        if reset is not None:
+            syn, rep = _reset_synapse(name, reset * scale)
             synapses.append(syn)
             syn_reports.append(rep)
         report_layers.append(
@@ -814,8 +956,26 @@ def quantise(
             }
         )
 
+    # always-on neurons (module docstring of loihi_graph), first in the schedule
+    sources = {
+        src: LoihiLayer(
+            name=src,
+            shape=(1,),
+            kind="source",
+            du=lim.DU_MAX,
+            dv=0,
+            vth=0,
+            bias_mant=np.ones(1, dtype=np.int32),
+            bias_exp=np.zeros(1, dtype=np.int32),
+            scale=np.ones(1),
+            v_offset=np.zeros(1),
+            depth=d,
+        )
+        for src, d in sorted(source_depths.items(), key=lambda item: item[1])
+    }
+    layers = {**sources, **layers}
     readout_offset = (
-        const[output_name]
+        const[output_name].get(0, np.zeros(graph.nodes[output_name].shape))
         if readout_mode == "current"
         else (
             floats[readout_layer].v_offset
@@ -852,8 +1012,21 @@ def quantise(
         "readout": readout_mode,
         "calibrated": stats is not None,
         "layers": report_layers,
+        "bias_source": None
+        if not source_reports
+        else {
+            "names": list(sources),
+            "neurons": len(sources),
+            "synapses": [r["name"] for r in source_reports],
+            "synaptic_ops_per_step": int(sum(r["weights_nonzero"] for r in source_reports)),
+        },
     }
     return lg, report
+
+
+def _out_shape(graph: Graph, shapes: dict, name: str) -> tuple[int, ...]:
+    node = graph.nodes[name]
+    return tuple(node.shape) if isinstance(node, Output) else tuple(shapes[name][1])
 
 
 def _uniform_per_channel(values: np.ndarray) -> bool:
@@ -865,7 +1038,7 @@ def _uniform_per_channel(values: np.ndarray) -> bool:
 def _chip_synapse(
     pm: PathMap, row_scale: np.ndarray, out_shape: tuple[int, ...]
 ) -> tuple[LoihiSynapse, dict]:
-    name = "+".join(pm.names) or f"{pm.src}->{pm.dst}"
+    name = ("+".join(pm.names) or f"{pm.src}->{pm.dst}") + pm.tag
     if pm.kernel is not None and _uniform_per_channel(row_scale):
         w_eff = pm.kernel * row_scale[:, 0, 0][:, None, None, None]
         if pm.delay == 0:
@@ -910,6 +1083,95 @@ def _chip_synapse(
     return syn, _syn_report(syn, w_eff, w * 2.0**exp, clipped, pm)
 
 
+def _source_synapse(
+    source: str, dst: str, a_in: np.ndarray, start: int, depth: int
+) -> tuple[LoihiSynapse, dict]:
+    """The synapse from an always-on source that adds the constant current ``a_in`` (float, a_in units, the
+    destination's shape) from float step ``start`` on: one 8-bit weight per neuron with a shared exponent;
+    ``delay = start - 1 + depth`` (``depth``: the destination's depth less the source's) makes it arrive at
+    the destination's step ``start``."""
+    w_eff = np.asarray(a_in, dtype=np.float64).reshape(-1, 1)
+    w, exp, clipped = quantise_dense(w_eff)
+    syn = LoihiSynapse(
+        name=f"{source}->{dst}" + (f"@{start}" if start else ""),
+        src=source,
+        dst=dst,
+        kind="dense",
+        weight=w,
+        weight_exp=exp,
+        delay=start - 1 + depth,
+        role="bias",
+    )
+    peak = float(np.abs(w_eff).max(initial=0.0)) or 1.0
+    err = np.abs(w * 2.0**exp - w_eff)
+    return syn, {
+        "name": syn.name,
+        "src": source,
+        "kind": "dense",
+        "role": "bias",
+        "start": start,
+        "weight_exp": exp,
+        "delay": syn.delay,
+        "recurrent": False,
+        "fan_in": 1,
+        "weights": int(w.size),
+        "weights_nonzero": int(np.count_nonzero(w)),
+        "weights_clipped": clipped,
+        "weight_max_int": int(np.abs(w).max(initial=0)),
+        "weight_error_rel_max": float(err.max(initial=0.0) / peak),
+        "weight_error_rel_rms": float(np.sqrt(np.mean(err**2)) / peak),
+    }
+
+
+def _reset_synapse(name: str, a_in: np.ndarray) -> tuple[LoihiSynapse, dict]:
+    """A layer's synapse onto itself (recurrent, one step) adding ``a_in`` (float, a_in units per neuron) one
+    step after each of its spikes: the float graph's reset offset. One-to-one: a 1x1 convolution structure
+    for an image layer with one value per channel, else a diagonal matrix."""
+    a_in = np.asarray(a_in, dtype=np.float64)
+    shape = a_in.shape
+    geometry = None
+    if a_in.ndim == 3 and _uniform_per_channel(a_in):
+        w_eff = np.diag(a_in[:, 0, 0])[:, :, None, None]
+        geometry = ConvGeometry(input_shape=shape, output_shape=shape)
+    else:
+        n = a_in.size
+        if n * n > MAX_DENSE_ENTRIES:
+            raise LasnnError(
+                f"layer '{name}' resets to a potential other than its rest with per-neuron values, which "
+                f"needs a {n} x {n} reset synapse, too large; use one reset potential per channel."
+            )
+        w_eff = np.diag(a_in.reshape(-1))
+    w, exp, clipped = quantise_dense(w_eff)
+    syn = LoihiSynapse(
+        name=f"{name}->{name}@reset",
+        src=name,
+        dst=name,
+        kind="dense",
+        weight=w,
+        weight_exp=exp,
+        delay=0,
+        geometry=geometry,
+        recurrent=True,
+        role="reset",
+    )
+    peak = float(np.abs(w_eff).max(initial=0.0)) or 1.0
+    err = np.abs(w * 2.0**exp - w_eff)
+    return syn, {
+        "name": syn.name,
+        "src": name,
+        "kind": "dense",
+        "role": "reset",
+        "weight_exp": exp,
+        "delay": 0,
+        "recurrent": True,
+        "fan_in": 1,
+        "weights": int(a_in.size),
+        "weights_clipped": clipped,
+        "weight_max_int": int(np.abs(w).max(initial=0)),
+        "weight_error_rel_max": float(err.max(initial=0.0) / peak),
+    }
+
+
 def _kernel_matrix(pm: PathMap) -> np.ndarray:
     from lasnn.hardware.loihi_graph import conv_matrix
 
@@ -948,7 +1210,7 @@ def _host_synapse(
     const_a_in: np.ndarray | None,
     out_shape: tuple[int, ...],
 ) -> tuple[HostSynapse, dict]:
-    name = "+".join(pm.names) or f"{pm.src}->{pm.dst}"
+    name = ("+".join(pm.names) or f"{pm.src}->{pm.dst}") + pm.tag
     if pm.kernel is not None and _uniform_per_channel(row_scale):
         w_eff = pm.kernel * row_scale[:, 0, 0][:, None, None, None] / in_scale
         geometry = pm.geometry

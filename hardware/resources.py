@@ -12,6 +12,9 @@ cores of its input synapses, as on Loihi (synapses live in the core of the neuro
 - a layer needs ``max(neuron_cores, memory_cores)`` cores; chips ``= ceil(cores / CORES_PER_CHIP)``.
 
 Host-computed input synapses (analog input) are not on the chip; their MACs per step are reported apart.
+The always-on source neuron of constant currents (kind ``"source"``) is counted as a neuron; it takes a
+free neuron slot of a core that a layer it feeds already uses (0 cores) and a core of its own only if
+those cores are full. Its synapses are stored in the cores of the layers they feed, as any synapse.
 """
 
 from __future__ import annotations
@@ -63,6 +66,10 @@ def estimate_resources(lg: LoihiGraph) -> dict:
                 shared += n
         cores = max(neuron_cores, math.ceil(shared / memory_weights), 1)
         cores_unshared = max(neuron_cores, math.ceil(unshared / memory_weights), 1)
+        if layer.kind == "source":
+            fed = {s.dst for s in lg.synapses if s.src == name}
+            spare = any(lg.layers[d].size % lim.NEURONS_PER_CORE for d in fed)
+            cores = cores_unshared = 0 if spare else neuron_cores
         layers.append(
             {
                 "name": name,

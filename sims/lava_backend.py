@@ -14,9 +14,13 @@ Lava's own processes, one to one:
   ``(C_out, kw, kh, C_in)`` order and flipped;
 - ``dense`` synapses are ``Dense`` (no delay), ``DelayDense`` (delay > 0; a residual shortcut that skips a
   stage) or, for large sparse connectivity, ``Sparse`` / ``DelaySparse``; a synapse whose buffer would carry
-  spikes of the previous sample into a layer's first steps (a recurrent connection, or a path through a
-  graph ``Delay``) is a ``MaskedDelayDense`` (``lasnn.sims.lava_processes``), Lava's ``DelayDense`` model
+  spikes of the previous sample into a layer's first steps (a recurrent connection, a path through a
+  graph ``Delay``, or a constant from the always-on source that the float graph delivers only from a
+  later step on) is a ``MaskedDelayDense`` (``lasnn.sims.lava_processes``), Lava's ``DelayDense`` model
   that delivers zeros there;
+- the always-on source (``kind = "source"``, constant currents) is a ``LIFReset`` like any population:
+  with no input, threshold 0 and bias 1 it spikes at every Lava step, resets included; its spikes are
+  not recorded;
 - input spikes (``poisson``/``latency`` encodings) come from a ``RingBuffer`` source; for analog input
   (``direct`` encoding) the first synapse stage is computed on the host in exact integers
   (``loihi_graph.host_currents``) and injected into the first layers' ``a_in`` through ``RingBuffer``

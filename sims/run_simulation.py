@@ -327,7 +327,8 @@ def simulate(
             if label_array is not None:
                 logits = outputs.reshape(steps, stop - start, -1).mean(axis=0)
                 correct += int((logits.argmax(axis=1) == label_array[start:stop]).sum())
-            layers = layer_activity(graph, result.spikes, stream)
+            # integer backends: the compiled network's own synapses (always-on source, reset) count too
+            layers = layer_activity(graph, result.spikes, stream, None if quant_report is None else sim_graph)
             activity = _accumulate(activity, layers, stop - start)
             if save_spikes is not None:
                 for name in names:
@@ -339,7 +340,7 @@ def simulate(
     finally:
         bar.close()
     for entry in activity or []:
-        for key in ("spikes", "synaptic_ops", "macs", "neuron_updates"):
+        for key in ("spikes", "synaptic_ops", "macs", "neuron_updates", "chip_ops"):
             if key in entry and entry[key] is not None:
                 entry[key] = entry[key] / count
 
@@ -387,7 +388,7 @@ def simulate(
 
 def _accumulate(total: list[dict] | None, layers: list[dict], batch: int) -> list[dict]:
     """Sum per-inference layer counts weighted by batch size (divided by the sample count at the end)."""
-    counted = ("spikes", "synaptic_ops", "macs", "neuron_updates")
+    counted = ("spikes", "synaptic_ops", "macs", "neuron_updates", "chip_ops")
     if total is None:
         return [{**e, **{k: e[k] * batch for k in counted if e.get(k) is not None}} for e in layers]
     for acc, entry in zip(total, layers, strict=True):

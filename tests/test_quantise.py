@@ -121,9 +121,8 @@ def test_calibration_raises_resolution_where_activity_is_low() -> None:
 @pytest.mark.parametrize(
     ("neuron", "message"),
     [
-        (dict(reset=0.5), "layer 'n1' resets to v_reset=0.5"),
+        (dict(reset=0.5, alpha_i=0.25), "layer 'n1' is current-based .CUBA. and resets to v_reset=0.5"),
         (dict(vth=-1.0), "layer 'n1' has a threshold at or below"),
-        (dict(alpha=0.5, gain=0.5, alpha_i=0.25), "layer 'n1' is current-based"),
     ],
 )
 def test_refusals_name_the_layer(neuron: dict, message: str) -> None:
