@@ -5,8 +5,9 @@ normalised NIR (validated, with dt recorded).
   reference run of the written file reproduces the student's spikes on a few samples;
 - ``lasnn export DIR/teacher.pt --onnx teacher.onnx``: ONNX, checked with ``onnx.checker`` and the ONNX
   reference evaluator against torch;
-- ``lasnn export foreign.nir -o model.nir [--dt 1e-4]``: read another framework's NIR graph, validate it
-  and write it with lasnn's metadata (what ``lasnn simulate`` reads).
+- ``lasnn export foreign.nir -o model.nir [--dt 1e-4] [--from sinabs]``: read another framework's NIR
+  graph (``--from``: the framework whose exporter wrote it, for its dt and discretisation), validate it
+  and write it with lasnn's metadata and exact per-step parameters (what ``lasnn simulate`` reads).
 """
 
 from __future__ import annotations
@@ -159,10 +160,17 @@ def normalise_nir(
     out_path: str | os.PathLike,
     dt: float | None = None,
     profile: str | None = None,
+    written_by: str | None = None,
 ) -> Graph:
-    """Read any NIR file (foreign or lasnn), validate it, and write it with lasnn's metadata (rewritten for
-    a reader's ``profile`` if given)."""
-    graph = read_nir(in_path, dt=dt)
+    """Read any NIR file (foreign or lasnn; ``written_by``: the framework that wrote it, see
+    ``nir_io.WRITERS``), validate it, and write it with lasnn's metadata (rewritten for a reader's
+    ``profile`` if given)."""
+    graph = read_nir(in_path, dt=dt, written_by=written_by)
+    return write_normalised(graph, out_path, profile)
+
+
+def write_normalised(graph: Graph, out_path: str | os.PathLike, profile: str | None = None) -> Graph:
+    """Write a graph read from any NIR source in lasnn's layout (or a reader's ``profile``), checked."""
     if profile not in (None, "lasnn"):
         from lasnn.export.profiles import apply_profile
 
@@ -185,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
     source = Path(args.checkpoint)
     if source.is_file() and source.suffix == ".nir" or (source.is_file() and h5py.is_hdf5(source)):
         out = Path(args.output or source.with_name(source.stem + ".lasnn.nir"))
-        result = export_nir(source, out, dt=args.dt, profile=args.profile)
+        result = export_nir(source, out, dt=args.dt, profile=args.profile, written_by=args.written_by)
         print(f"wrote {out}: {result.summary()}")
         return 0
     path = _checkpoint_path(source)
@@ -239,6 +247,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=float,
         default=None,
         help="time step in seconds for a foreign NIR file without one (default: its metadata, else 1e-4)",
+    )
+    p.add_argument(
+        "--from",
+        dest="written_by",
+        choices=("snntorch", "norse", "sinabs"),
+        help="the framework whose own exporter wrote a foreign .nir, for its dt and discretisation (NIR "
+        "files record neither): snntorch dt 1e-4; norse dt 1e-6 (to_nir's dt 1e-3 squared: it writes tau "
+        "times dt) and its LIFCell's unscaled input current; sinabs tau in steps, exp(-1/tau) decay",
     )
     p.add_argument(
         "--for",

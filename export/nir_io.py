@@ -22,8 +22,29 @@ metadata, and each neuron's exact discrete parameters in its node metadata (``la
 continuous parameters reproduce them to within rounding (~1 ulp), and the reader takes the stored exact
 values when they agree, so that a lasnn round trip is bit-exact.
 
-**Foreign graphs** carry no dt: ``read_nir(path, dt=...)`` uses ``dt`` if given, else the file's metadata
-``dt``, else ``DEFAULT_FOREIGN_DT`` = 1e-4 s (the dt the NIR paper's code used throughout). Nested
+**Foreign graphs** carry no dt: ``read_nir(path, dt=...)`` uses ``dt`` if given, else the convention of
+the framework that wrote the file (``written_by``, below), else the file's metadata ``dt``, else
+``DEFAULT_FOREIGN_DT`` = 1e-4 s (the dt the NIR paper's code used throughout).
+
+**Writer conventions** (``written_by``, ``lasnn compile/simulate/export --from FRAMEWORK``): none of the
+exporters below records its dt or its name in the file, and each discretises NIR's equations its own way,
+so the user names the writer (``WRITERS``; read in their code, versions pinned in
+``scripts/reader_envs.sh``, checked spike for spike by ``tests/test_foreign_exporters.py``):
+
+- ``snntorch`` (1.0.0 ``export_to_nir``): dt = 1e-4 fixed (``tau = dt/(1-beta)``, ``r = tau/dt``), forward
+  Euler -- the default reading, named for clarity;
+- ``norse`` (1.1.0 ``norse.torch.to_nir``, dt = 1e-3): it writes ``tau = dt/tau_inv``, i.e. dt times the
+  time constant (norse issue #411), so the file is read with dt = 1e-6 = (1e-3)^2 (for another export dt
+  d, pass ``dt=d**2``); its ``LIFCell`` adds its input to the synaptic current unscaled while the file
+  says ``w_in = 1``, so a CubaLIF's input gain is ``alpha_v * r * w_in`` (no ``alpha_i`` factor);
+- ``sinabs`` (3.1.3 ``sinabs.to_nir``): tau counted in steps (dt = 1) and decays ``exp(-dt/tau)`` per step
+  (``LIF``/``ExpLeak`` with ``norm_input=True``: input gain ``1 - exp(-dt/tau)``): ``alpha_v = 1 -
+  exp(-dt/tau)``, ``gain = r * alpha_v`` (the exact solution over a step with the input held).
+
+A file lasnn writes keeps lasnn's exact discrete values (below), so it needs no ``written_by`` again.
+Files whose Input (and Output) type carries a leading batch dimension of 1 that their first (last)
+node lacks -- norse's ``to_nir``, nirtorch without ``ignore_dims`` -- fail NIR's type check; lasnn drops
+that dimension and type checks the graph again. Nested
 subgraphs are flattened (``outer.inner`` names; their Input/Output nodes become plain connections),
 recurrent edges are kept (they deliver the previous step's value), ``AvgPool2d`` becomes ``SumPool2d`` +
 ``Scale(1/k^2)`` (zero padding counted, as torch's default), ``Conv1d`` becomes a ``Conv2d`` of height 1.
@@ -32,9 +53,11 @@ Anything else is refused with a sentence naming the node and its type.
 
 from __future__ import annotations
 
+import copy
 import io
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +83,38 @@ from lasnn.export.graph import (
 from lasnn.export.validate import _fixed_shapes, infer_shapes, validate_graph
 
 DEFAULT_FOREIGN_DT = 1e-4  # seconds; the value the NIR paper's cross-platform code used (DESIGN.md)
+
+
+@dataclass(frozen=True)
+class Writer:
+    """How one framework's NIR exporter discretises (see the module docstring)."""
+
+    name: str
+    exporter: str  # for messages and the compatibility matrix
+    dt: float  # the dt that gives the framework's own per-step decays
+    decay: str  # "euler": alpha = dt/tau; "exp": alpha = 1 - exp(-dt/tau)
+    cuba_gain: str  # "nir": a_v*r*a_i*w_in (input integrated by NIR's synapse ODE); "jump": a_v*r*w_in
+
+
+WRITERS = {
+    "snntorch": Writer("snntorch", "snnTorch 1.0.0 export_to_nir", 1e-4, "euler", "nir"),
+    "norse": Writer("norse", "norse 1.1.0 to_nir (dt 1e-3)", 1e-6, "euler", "jump"),
+    "sinabs": Writer("sinabs", "sinabs 3.1.3 to_nir", 1.0, "exp", "nir"),
+}
+_NIR_READING = Writer("nir", "NIR's equations, forward Euler", DEFAULT_FOREIGN_DT, "euler", "nir")
+
+
+def writer(name: str | None) -> Writer:
+    """The convention named ``name`` (None: lasnn's default reading of NIR's equations)."""
+    if name is None:
+        return _NIR_READING
+    if name not in WRITERS:
+        raise LasnnError(
+            f"unknown NIR writer {name!r} for --from; expected one of {', '.join(WRITERS)} (or none)."
+        )
+    return WRITERS[name]
+
+
 NIR_FORMAT = 1  # version of lasnn's metadata layout inside NIR files
 _EXACT = ("alpha_v", "gain", "alpha_i", "v_leak")
 _KNOWN_NIR_TYPES = (
@@ -286,9 +341,11 @@ def load_nir_file(path: str | os.PathLike, type_check: bool = True) -> nir.NIRGr
     except LasnnError:
         raise
     except Exception as error:  # nir raises ValueError, KeyError, AssertionError, OSError, ...
-        raise LasnnError(
-            f"{path} is not a valid NIR graph ({type(error).__name__}: {_first_line(error)})."
-        ) from error
+        graph = _without_batch_dims(path) if type_check else None
+        if graph is None:
+            raise LasnnError(
+                f"{path} is not a valid NIR graph ({type(error).__name__}: {_first_line(error)})."
+            ) from error
     if not isinstance(graph, nir.NIRGraph):
         raise LasnnError(
             f"{path} holds a single {type(graph).__name__} node, not a NIRGraph; wrap it in a graph."
@@ -296,10 +353,82 @@ def load_nir_file(path: str | os.PathLike, type_check: bool = True) -> nir.NIRGr
     return graph
 
 
-def read_nir(path: str | os.PathLike, dt: float | None = None, type_check: bool = True) -> Graph:
-    """Read any NIR file into a validated lasnn ``Graph`` (see the module docstring for dt and mappings)."""
+def _without_batch_dims(path: Path) -> nir.NIRGraph | None:
+    """The file read without NIR's type check, its batch dimensions dropped, if it then passes the check."""
+    try:
+        graph = nir.read(path, type_check=False)
+        if not isinstance(graph, nir.NIRGraph) or not _drop_batch_dims(graph):
+            return None
+        return nir.NIRGraph(nodes=graph.nodes, edges=graph.edges, metadata=graph.metadata, type_check=True)
+    except Exception:  # still not type-correct: the caller reports NIR's original error
+        return None
+
+
+def _port_shape(node: Any, key: str) -> tuple[int, ...] | None:
+    types = getattr(node, f"{key}_type", None)
+    value = types.get(key) if isinstance(types, dict) else None
+    return None if value is None else tuple(int(v) for v in np.atleast_1d(np.asarray(value)))
+
+
+def _takes(node: Any, shape: tuple[int, ...]) -> bool:
+    """Whether ``node`` declares or implies the input ``shape`` (a port's shape without its batch dim)."""
+    declared = _port_shape(node, "input")
+    if declared:
+        return declared == shape
+    weight = getattr(node, "weight", None)
+    if isinstance(node, nir.Affine | nir.Linear) and weight is not None:
+        return len(shape) == 1 and np.shape(weight)[1] == shape[0]
+    if isinstance(node, nir.Conv1d | nir.Conv2d) and weight is not None:
+        dims = 2 if isinstance(node, nir.Conv1d) else 3
+        return len(shape) == dims and np.shape(weight)[1] * int(np.asarray(node.groups)) == shape[0]
+    return False
+
+
+def _gives(node: Any, shape: tuple[int, ...]) -> bool:
+    """Whether ``node`` declares or implies the output ``shape``."""
+    declared = _port_shape(node, "output")
+    if declared:
+        return declared == shape
+    if isinstance(node, nir.Affine | nir.Linear):
+        return len(shape) == 1 and np.shape(node.weight)[0] == shape[0]
+    for field in ("v_threshold", "tau", "r", "tau_mem"):
+        if getattr(node, field, None) is not None and np.ndim(getattr(node, field)) > 0:
+            return tuple(np.shape(getattr(node, field))) == shape
+    return False
+
+
+def _drop_batch_dims(graph: nir.NIRGraph) -> list[str]:
+    """Drop a leading batch dimension of 1 from Input/Output types whose neighbours lack it (norse 1.1.0's
+    ``to_nir`` and nirtorch without ``ignore_dims`` keep the example batch there); returns the ports fixed."""
+    fixed = []
+    for name, node in graph.nodes.items():
+        if isinstance(node, nir.Input):
+            shape, near = _port_shape(node, "input"), [graph.nodes[d] for s, d in graph.edges if s == name]
+            ok = shape is not None and len(shape) > 1 and shape[0] == 1 and near
+            if ok and all(_takes(n, shape[1:]) for n in near):
+                node.input_type = {"input": np.array(shape[1:])}
+                node.output_type = {"output": np.array(shape[1:])}
+                fixed.append(name)
+        elif isinstance(node, nir.Output):
+            shape, near = _port_shape(node, "output"), [graph.nodes[s] for s, d in graph.edges if d == name]
+            ok = shape is not None and len(shape) > 1 and shape[0] == 1 and near
+            if ok and all(_gives(n, shape[1:]) for n in near):
+                node.input_type = {"input": np.array(shape[1:])}
+                node.output_type = {"output": np.array(shape[1:])}
+                fixed.append(name)
+    return fixed
+
+
+def read_nir(
+    path: str | os.PathLike,
+    dt: float | None = None,
+    type_check: bool = True,
+    written_by: str | None = None,
+) -> Graph:
+    """Read any NIR file into a validated lasnn ``Graph`` (see the module docstring for dt, the writer
+    conventions ``written_by`` and the mappings)."""
     nir_graph = load_nir_file(path, type_check=type_check)
-    graph = nir_to_graph(nir_graph, dt=dt, where=str(path))
+    graph = nir_to_graph(nir_graph, dt=dt, where=str(path), written_by=written_by)
     graph.metadata.setdefault("source_file", str(path))
     return graph
 
@@ -416,16 +545,24 @@ def _exact(node: Any, field: str, computed: np.ndarray | None) -> np.ndarray | N
     return computed
 
 
-def _map_neuron(name: str, node: Any, dt: float, where: str) -> Neuron | LeakyIntegrator:
+def _decay(dt: float, tau: np.ndarray, convention: Writer) -> np.ndarray:
+    """Fraction lost per step: forward Euler ``dt/tau`` or the exact exponential ``1 - exp(-dt/tau)``."""
+    return dt / tau if convention.decay == "euler" else -np.expm1(-dt / tau)
+
+
+def _map_neuron(
+    name: str, node: Any, dt: float, where: str, convention: Writer = _NIR_READING
+) -> Neuron | LeakyIntegrator:
     kind = type(node).__name__
     if isinstance(node, nir.LIF | nir.LI):
-        a_v = dt / _positive(_f64(node, "tau"), name, kind, "tau", where)
+        a_v = _decay(dt, _positive(_f64(node, "tau"), name, kind, "tau", where), convention)
         gain, a_i, v_leak = a_v * _f64(node, "r"), None, _f64(node, "v_leak")
     elif isinstance(node, nir.CubaLIF | nir.CubaLI):
-        a_v = dt / _positive(_f64(node, "tau_mem"), name, kind, "tau_mem", where)
-        a_i = dt / _positive(_f64(node, "tau_syn"), name, kind, "tau_syn", where)
+        a_v = _decay(dt, _positive(_f64(node, "tau_mem"), name, kind, "tau_mem", where), convention)
+        a_i = _decay(dt, _positive(_f64(node, "tau_syn"), name, kind, "tau_syn", where), convention)
         w_in = np.broadcast_to(_f64(node, "w_in"), a_v.shape)
-        gain, v_leak = a_v * _f64(node, "r") * a_i * w_in, _f64(node, "v_leak")
+        synapse = a_i if convention.cuba_gain == "nir" else 1.0
+        gain, v_leak = a_v * _f64(node, "r") * synapse * w_in, _f64(node, "v_leak")
     elif isinstance(node, nir.IF | nir.I):
         r = _f64(node, "r")
         a_v, gain, a_i = np.zeros_like(r), r, None  # per-step gain, see the module docstring
@@ -476,7 +613,12 @@ def _reshape_elementwise(node: Any, shape: tuple[int, ...]) -> Any:
 
 
 def _map_node(
-    name: str, node: Any, in_shape: tuple[int, ...] | None, dt: float, where: str
+    name: str,
+    node: Any,
+    in_shape: tuple[int, ...] | None,
+    dt: float,
+    where: str,
+    convention: Writer = _NIR_READING,
 ) -> list[tuple[str, Any]]:
     """lasnn node(s) for one NIR node: a chain ``[(name, node), ...]`` (AvgPool2d gives two)."""
     kind = type(node).__name__
@@ -569,7 +711,7 @@ def _map_node(
             raise LasnnError(f"{where}: node '{name}' (Flatten) has no input type.")
         return [(name, Flatten(input_shape=tuple(shape)))]
     if isinstance(node, nir.LIF | nir.LI | nir.CubaLIF | nir.CubaLI | nir.IF | nir.I | nir.Threshold):
-        return [(name, _map_neuron(name, node, dt, where))]
+        return [(name, _map_neuron(name, node, dt, where, convention))]
     if isinstance(node, nir.Delay):
         steps = _f64(node, "delay") / dt
         rounded = np.round(steps)
@@ -593,12 +735,29 @@ class _Placeholder:
     pass
 
 
-def nir_to_graph(nir_graph: nir.NIRGraph, dt: float | None = None, where: str = "NIR graph") -> Graph:
-    """Map an in-memory ``nir.NIRGraph`` (any framework's) to a validated lasnn ``Graph``."""
+def nir_to_graph(
+    nir_graph: nir.NIRGraph,
+    dt: float | None = None,
+    where: str = "NIR graph",
+    written_by: str | None = None,
+) -> Graph:
+    """Map an in-memory ``nir.NIRGraph`` (any framework's) to a validated lasnn ``Graph``; ``written_by``
+    names the framework whose exporter wrote it (``WRITERS``), for its dt and discretisation."""
+    convention = writer(written_by)
     metadata = _plain(dict(nir_graph.metadata or {}))
-    dt = float(dt if dt is not None else metadata.get("dt", DEFAULT_FOREIGN_DT))
+    if written_by is not None and "lasnn_format" in metadata:
+        raise LasnnError(
+            f"{where} was written by lasnn (it holds lasnn's exact discrete parameters), not by "
+            f"{written_by}; read it without --from."
+        )
+    if dt is None:
+        dt = convention.dt if written_by is not None else metadata.get("dt", DEFAULT_FOREIGN_DT)
+    dt = float(dt)
     if not dt > 0:
         raise LasnnError(f"{where}: the time step dt must be positive, got {dt}.")
+    if isinstance(nir_graph, nir.NIRGraph) and _drop_batch_dims(copy.deepcopy(nir_graph)):
+        nir_graph = copy.deepcopy(nir_graph)  # the caller's graph stays as it was
+        _drop_batch_dims(nir_graph)
     nodes, edges, passthrough = _flatten(nir_graph, "", where)
     edges = _collapse(nodes, edges, passthrough)
     skeleton = Graph(
@@ -616,7 +775,7 @@ def nir_to_graph(nir_graph: nir.NIRGraph, dt: float | None = None, where: str = 
             out_shape[s] for s in skeleton.sources(name) if (s, name) not in recurrent and s in out_shape
         ]
         in_shape = in_shapes[0] if in_shapes else None
-        chain = _map_node(name, node, in_shape, dt, where)
+        chain = _map_node(name, node, in_shape, dt, where, convention)
         renamed[name] = chain[0][0]
         for (prev, _), (link, _) in zip(chain, chain[1:], strict=False):
             new_edges.append((prev, link))
@@ -631,6 +790,8 @@ def nir_to_graph(nir_graph: nir.NIRGraph, dt: float | None = None, where: str = 
             out_shape[name] = tuple(shape)
     edges = [(s, renamed[d]) for s, d in edges] + new_edges
     metadata = {**metadata, "dt": dt}
+    if written_by is not None:  # informational: a file lasnn writes is read by lasnn's own convention
+        metadata["nir_writer"] = written_by
     graph = Graph(nodes=mapped, edges=edges, metadata=metadata)
     validate_graph(graph, where)
     return graph

@@ -44,6 +44,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--timesteps", type=int, help="time steps T per sample (default: the graph's)")
     p.add_argument("--dt", type=float, help="time step in seconds for a foreign NIR file (default: its own)")
+    p.add_argument(
+        "--from",
+        dest="written_by",
+        choices=("snntorch", "norse", "sinabs"),
+        help="the framework whose own exporter wrote a foreign .nir, for its dt and "
+        "discretisation (see lasnn export --help)",
+    )
     p.add_argument("--margin", type=float, default=2.0, help="u/v headroom factor over calibration (2)")
     p.set_defaults(func=run)
 
@@ -83,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         calibration_samples=args.calibration_samples,
         margin=args.margin,
         dt=args.dt,
+        written_by=args.written_by,
         out=args.output,
     )
     prov = model.provenance

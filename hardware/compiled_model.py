@@ -109,7 +109,10 @@ class CompiledModel:
         from lasnn.export.nir_io import nir_to_graph
 
         graph = nir_to_graph(
-            nir.read(io.BytesIO(self.graph_nir)), dt=self.provenance.get("dt"), where="the compiled model"
+            nir.read(io.BytesIO(self.graph_nir), type_check=False),  # type checked when it was compiled
+            dt=self.provenance.get("dt"),
+            where="the compiled model",
+            written_by=self.provenance.get("nir_writer"),
         )
         graph.metadata["timesteps"] = self.timesteps
         return graph
@@ -301,17 +304,21 @@ def resolve_input_mode(graph: Graph, input_mode: str | None) -> tuple[str, str]:
     return "spikes", "default for graphs that record no encoding (NIR inputs are spike trains)"
 
 
-def _graph_and_bytes(graph: Graph | str | os.PathLike, dt: float | None) -> tuple[Graph, bytes, str | None]:
+def _graph_and_bytes(
+    graph: Graph | str | os.PathLike, dt: float | None, written_by: str | None = None
+) -> tuple[Graph, bytes, str | None]:
     from lasnn.export.nir_io import graph_to_nir, read_nir
 
     if isinstance(graph, Graph):
+        if written_by is not None:
+            raise LasnnError("--from names the writer of a foreign .nir file; this graph is lasnn's own.")
         import nir
 
         buffer = io.BytesIO()
         nir.write(buffer, graph_to_nir(graph))
         return graph, buffer.getvalue(), None
     path = Path(graph)
-    loaded = read_nir(path, dt=dt)
+    loaded = read_nir(path, dt=dt, written_by=written_by)
     return loaded, path.read_bytes(), str(path)
 
 
@@ -327,17 +334,19 @@ def compile_graph(
     seed: int = 0,
     margin: float = 2.0,
     dt: float | None = None,
+    written_by: str | None = None,
 ) -> CompiledModel:
     """Quantise a NIR graph (a path or a lasnn ``Graph``) into a ``CompiledModel`` by the calibration and
     input-mode rules of the module docstring. ``calibration``: an array or ``.npy`` path ``(N, T, *shape)``;
-    ``seed``: of the Poisson encoding of data-set calibration samples (encoded with ``seed + 1``)."""
+    ``seed``: of the Poisson encoding of data-set calibration samples (encoded with ``seed + 1``);
+    ``dt``/``written_by``: how a foreign file is read (``lasnn.export.nir_io``; kept in the provenance)."""
     from lasnn.hardware.quantise import quantise
 
     if calibration_samples < 1:
         raise LasnnError(f"--calibration-samples must be positive, got {calibration_samples}.")
     if timesteps is not None and timesteps < 1:
         raise LasnnError(f"--timesteps must be a positive number of time steps, got {timesteps}.")
-    graph, graph_bytes, graph_file = _graph_and_bytes(graph, dt)
+    graph, graph_bytes, graph_file = _graph_and_bytes(graph, dt, written_by)
     (in_name,) = graph.inputs()
     in_shape = tuple(int(s) for s in graph.nodes[in_name].shape)
     mode, mode_source = resolve_input_mode(graph, input_mode)
@@ -403,6 +412,7 @@ def compile_graph(
         "graph_sha256": hashlib.sha256(graph_bytes).hexdigest(),
         "graph_file": graph_file,
         "dt": float(meta["dt"]) if meta.get("dt") is not None else None,
+        "nir_writer": written_by,
         "timesteps": int(steps),
         "input_mode": mode,
         "input_mode_source": mode_source,

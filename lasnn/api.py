@@ -571,26 +571,43 @@ def _is_nir_file(path: Path) -> bool:
 
 
 def export_nir(
-    source: nn.Module | str | os.PathLike,
+    source: nn.Module | str | os.PathLike | Any,
     path: str | os.PathLike | None = None,
     *,
     dataset: str | None = None,
     dt: float | None = None,
     verify: bool = True,
     profile: str | None = None,
+    written_by: str | None = None,
 ) -> ExportResult:
     """Export to NIR: a lasnn student (in memory, from ``make_student``/your loop, or a ``student.pt``
     checkpoint) is lowered (batch norm folded), and, with ``verify``, re-run on the float reference and
-    checked spike for spike against the student; a ``.nir`` file from another framework is read,
-    validated and normalised (``dt``: its time step if it records none). ``profile``: rewrite the graph
+    checked spike for spike against the student; a ``.nir`` file from another framework, or an in-memory
+    ``nir.NIRGraph`` (e.g. from ``norse.torch.to_nir``, whose graphs ``nir.write`` cannot always store),
+    is read, validated and normalised (``dt``: its time step if it records none; ``written_by``:
+    ``"snntorch"``, ``"norse"`` or ``"sinabs"``, the framework whose exporter wrote it, for its dt and
+    discretisation, ``lasnn export --from``). ``profile``: rewrite the graph
     for one reader (``export_profiles()``; default ``None``: lasnn's own layout, what ``lasnn export
     --for lasnn`` writes), checked to compute the same spikes. Writes ``path`` only when given.
     ``dataset``: the data set an in-memory student was trained on (recorded so ``simulate`` can score
     on it)."""
-    from lasnn.export.commands import _checkpoint_path, export_student, normalise_nir
-    from lasnn.export.nir_io import read_nir
+    import nir
+
+    from lasnn.export.commands import _checkpoint_path, export_student, normalise_nir, write_normalised
+    from lasnn.export.nir_io import nir_to_graph, read_nir
 
     _check_profile(profile)
+    if isinstance(source, nir.NIRGraph):
+        if dataset is not None:
+            raise LasnnError("dataset= is for in-memory students; a NIR graph keeps its own metadata.")
+        graph = nir_to_graph(source, dt=dt, where="the NIR graph", written_by=written_by)
+        if path is not None:
+            graph = write_normalised(graph, path, profile)
+        else:
+            graph = _in_memory(graph, None, True, profile)
+        return _export_result(graph, None if path is None else str(path), profile)
+    if written_by is not None and not (isinstance(source, str | os.PathLike) and _is_nir_file(Path(source))):
+        raise LasnnError("written_by= (--from) is for foreign NIR graphs, not lasnn students or checkpoints.")
     if isinstance(source, nn.Module):
         from lasnn.distill.students import SpikingStudent
 
@@ -617,9 +634,9 @@ def export_nir(
         )
     if _is_nir_file(src):
         if path is not None:  # the code of ``lasnn export foreign.nir -o PATH``
-            graph = normalise_nir(src, path, dt, profile)
+            graph = normalise_nir(src, path, dt, profile, written_by)
         else:
-            graph = _in_memory(read_nir(src, dt=dt), None, True, profile)
+            graph = _in_memory(read_nir(src, dt=dt, written_by=written_by), None, True, profile)
         return _export_result(graph, None if path is None else str(path), profile)
     if dt is not None:
         raise LasnnError("dt= is for foreign NIR files; a lasnn checkpoint exports with its neurons' own dt.")
@@ -778,13 +795,15 @@ def compile_loihi(
     calibration_samples: int | None = None,
     margin: float = 2.0,
     dt: float | None = None,
+    written_by: str | None = None,
     out: str | os.PathLike | None = None,
 ) -> Any:
     """Compile a NIR graph (a file or an ``ExportResult``) to Loihi 2 fixed point, as ``lasnn compile``:
     scales calibrated on ``calibration`` (``(N, T, *input_shape)``, array or ``.npy``), else on the
     training split of the graph's data set, never on scored samples; ``input_mode`` ``spikes`` or
     ``currents`` (default: from the graph); ``calibration_samples`` (default 256) and ``margin`` (u/v
-    headroom over calibration) as the verb's flags. Returns a ``CompiledModel`` (integers, schedule, report,
+    headroom over calibration) as the verb's flags; ``dt`` and ``written_by`` (``--dt``, ``--from``) how a
+    foreign file is read (``export_nir``). Returns a ``CompiledModel`` (integers, schedule, report,
     provenance); writes it to ``out`` only when given. ``simulate`` runs it on Lava and the emulator."""
     from lasnn.hardware.compiled_model import compile_graph
 
@@ -805,6 +824,7 @@ def compile_loihi(
         calibration_samples=CALIBRATION_SAMPLES if calibration_samples is None else calibration_samples,
         margin=margin,
         dt=dt,
+        written_by=written_by,
     )
     if out is not None:
         model.save(out)
@@ -882,6 +902,8 @@ def simulate(
     timesteps: int | None = None,
     calibration: np.ndarray | str | os.PathLike | None = None,
     input_mode: str | None = None,
+    dt: float | None = None,
+    written_by: str | None = None,
     batch_size: int | None = None,
     device: str = "cpu",
     seed: int = 0,
@@ -893,7 +915,8 @@ def simulate(
     bit-exact batched twin; ``float``: the unquantised reference) over the first ``samples`` test images
     of its data set, or over pre-encoded ``inputs`` ``(N, T, *input_shape)`` with optional ``labels``.
     ``model``: a compiled model (in memory or its file), a ``.nir`` file or an ``ExportResult`` (compiled
-    on the fly by ``compile_loihi``'s rule for the integer backends). Returns the run record (accuracy,
+    on the fly by ``compile_loihi``'s rule for the integer backends; ``dt``/``written_by`` read a foreign
+    ``.nir`` as ``compile_loihi`` does). Returns the run record (accuracy,
     per-layer neurons, spikes, synaptic ops and neuron updates per inference, quantisation report), the
     input of ``energy_report``; writes ``out`` (run.json) and ``save_spikes`` (.npz) only when given."""
     from lasnn.sims.run_simulation import simulate as _simulate
@@ -915,6 +938,8 @@ def simulate(
         progress=progress,
         calibration=calibration,
         input_mode=input_mode,
+        dt=dt,
+        written_by=written_by,
     )
 
 

@@ -54,6 +54,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=("spikes", "currents"),
         help="for a .nir on lava/emulator: the input mode, as lasnn compile (default: from the graph)",
     )
+    p.add_argument("--dt", type=float, help="for a foreign .nir: its time step in seconds (default: its own)")
+    p.add_argument(
+        "--from",
+        dest="written_by",
+        choices=("snntorch", "norse", "sinabs"),
+        help="for a foreign .nir: the framework whose own exporter wrote it, for its dt "
+        "and discretisation (see lasnn export --help)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the Poisson encoder (default: 0)")
     p.add_argument("-o", "--output", required=True, help="run record to write (run.json)")
     p.add_argument("--save-spikes", help="also write every layer's spike trains to this .npz")
@@ -81,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         calibration=args.calibration,
         input_mode=args.input_mode,
+        dt=args.dt,
+        written_by=args.written_by,
     )
     summary = {k: record[k] for k in ("backend", "samples", "timesteps", "accuracy", "wall_seconds")}
     print(json.dumps(summary))

@@ -182,10 +182,13 @@ def simulate(
     progress: bool = True,
     calibration: str | os.PathLike | np.ndarray | None = None,
     input_mode: str | None = None,
+    dt: float | None = None,
+    written_by: str | None = None,
 ) -> dict[str, Any]:
     """Simulate the NIR graph or compiled model (``lasnn compile``) at ``graph_path`` on ``backend`` and
     return (and write to ``out``) the run record; see the module docstring. ``samples`` = the first N test
-    samples (all when None); ``calibration``/``input_mode``: how a ``.nir`` is compiled on the fly."""
+    samples (all when None); ``calibration``/``input_mode``: how a ``.nir`` is compiled on the fly;
+    ``dt``/``written_by``: how a foreign ``.nir`` is read (``lasnn.export.nir_io``)."""
     from lasnn.export.nir_io import read_nir
     from lasnn.hardware.activity import layer_activity
     from lasnn.hardware.compiled_model import CompiledModel, is_compiled_model, load_compiled
@@ -214,7 +217,8 @@ def simulate(
         graph_path = str(graph_path)
         compiled = load_compiled(graph_path) if is_compiled_model(graph_path) else None
     if compiled is not None:
-        for flag, value in (("--calibration", calibration), ("--input-mode", input_mode)):
+        fixed = {"--calibration": calibration, "--input-mode": input_mode, "--dt": dt, "--from": written_by}
+        for flag, value in fixed.items():
             if value is not None:
                 raise LasnnError(
                     f"{graph_path} is a compiled model, whose {flag} was fixed by lasnn compile; "
@@ -228,7 +232,7 @@ def simulate(
         timesteps = compiled.timesteps
         graph = compiled.graph()
     else:
-        graph = read_nir(graph_path)
+        graph = read_nir(graph_path, dt=dt, written_by=written_by)
     meta = graph.metadata
     in_name, in_shape, out_name, out_shape = _graph_io(graph, graph_path)
     names = [n for n, node in graph.nodes.items() if isinstance(node, Neuron)]
@@ -295,6 +299,8 @@ def simulate(
                 data_root=data_root,
                 timesteps=steps,
                 input_mode=input_mode,
+                dt=dt,
+                written_by=written_by,
             )
         sim_graph, quant_report = compiled.loihi, compiled.report
         if compiled.input_mode == "spikes" and data is not None and not np.isin(data, (0, 1)).all():

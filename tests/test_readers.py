@@ -23,6 +23,7 @@ from lasnn.export.profiles import PROFILES, apply_profile
 REPO = Path(__file__).resolve().parents[1]
 ENVS = REPO / ".venv-readers"
 MATRIX = REPO / "docs" / "reader_matrix.md"
+FOREIGN_SECTION = "## foreign exporters -> lasnn backends"  # tests/test_foreign_exporters.py's part
 SAMPLES = 6
 T = 4
 # reader -> (python that has it, dt passed to it, profiles tried)
@@ -163,6 +164,8 @@ def _sinabs_reads_portable(tmp_path: Path, graph) -> str:  # noqa: ANN001
 
 def _write_matrix(results: dict, versions: dict, node_types: dict, sinabs_line: str) -> None:
     lines = [
+        "## lasnn export profiles -> other readers",
+        "",
         "<!-- written by tests/test_readers.py; do not edit by hand -->",
         "| reader | versions | profile (dt) | student | node types in the file | what matches |",
         "|---|---|---|---|---|---|",
@@ -178,8 +181,11 @@ def _write_matrix(results: dict, versions: dict, node_types: dict, sinabs_line: 
         dt = PROFILES[profile].dt
         lines.append(f"| {reader} | {ver} | {profile} ({dt:g} s) | {student} | {types} | {text} |")
     lines += ["", f"sinabs environment reading a portable file: {sinabs_line}", ""]
+    # the other direction (tests/test_foreign_exporters.py) writes its own section below: keep it
+    old = MATRIX.read_text() if MATRIX.exists() else ""
+    other = old[old.index(FOREIGN_SECTION) :] if FOREIGN_SECTION in old else ""
     MATRIX.parent.mkdir(exist_ok=True)
-    MATRIX.write_text("\n".join(lines))
+    MATRIX.write_text("\n".join(lines) + ("\n" + other if other else ""))
 
 
 def test_export_for_reader_cli(tmp_path: Path, capsys) -> None:
