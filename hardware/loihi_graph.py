@@ -39,10 +39,11 @@ Synapses (``LoihiSynapse``), all delivering binary spikes (``num_message_bits = 
   Conv synapses always have ``delay == 0``.
 
 A ``dense`` synapse may carry its weights as a conv kernel plus ``geometry`` (a convolution structure,
-e.g. a residual shortcut that needs a delay): its connectivity is then ``matrix()`` (scipy CSR), and its
-arithmetic is still Dense's. All shapes here are the float graph's, C-order (C, H, W) for images; the
-weight matrix indexes neurons by their C-order flat index. Lava's Conv works in (W, H, C) order: the Lava
-backend permutes (``conv_weight_whc``).
+e.g. a residual shortcut that needs a delay, or a convolution that reads its input cropped to
+``ConvGeometry.crop``: a pooling of an odd-sized image followed by a padded conv, ``pool_conv``): its
+connectivity is then ``matrix()`` (scipy CSR), and its arithmetic is still Dense's. All shapes here are
+the float graph's, C-order (C, H, W) for images; the weight matrix indexes neurons by their C-order flat
+index. Lava's Conv works in (W, H, C) order: the Lava backend permutes (``conv_weight_whc``).
 
 Input stage (``LoihiInput``):
 
@@ -132,6 +133,10 @@ class ConvGeometry:
     output_shape: tuple[int, int, int]
     stride: tuple[int, int] = (1, 1)
     padding: tuple[int, int] = (0, 0)
+    # (rows, cols) of the input the convolution reads, from the top left; the rest of the input reaches
+    # nothing (a floor pooling of an odd size drops its last row and column: ``lasnn.hardware.pool_conv``).
+    # None: the whole input. Lava's Conv cannot crop, so only ``dense`` synapses carry a crop.
+    crop: tuple[int, int] | None = None
 
 
 @dataclass
@@ -295,7 +300,8 @@ def conv_matrix(kernel: np.ndarray, g: ConvGeometry) -> sp.csr_matrix:
     """The [n_out, n_in] CSR matrix of a (groups 1, dilation 1) convolution, C-order flat indices; int64 for
     an integer kernel, float64 for a float one (the quantiser's dense fallback passes float kernels)."""
     c_out, c_in, kh, kw = kernel.shape
-    _, h, w = g.input_shape
+    _, h_in, w_in = g.input_shape
+    h, w = g.crop if g.crop is not None else (h_in, w_in)  # the rows/cols the convolution reads
     _, ho, wo = g.output_shape
     co, oy, ox, ci, ky, kx = np.meshgrid(
         np.arange(c_out),
@@ -311,9 +317,17 @@ def conv_matrix(kernel: np.ndarray, g: ConvGeometry) -> sp.csr_matrix:
     values = kernel[co, ci, ky, kx]
     keep = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w) & (values != 0)
     rows = ((co * ho + oy) * wo + ox)[keep]
-    cols = ((ci * h + iy) * w + ix)[keep]
+    cols = ((ci * h_in + iy) * w_in + ix)[keep]
     dtype = np.int64 if np.issubdtype(kernel.dtype, np.integer) else np.float64
-    return sp.csr_matrix((values[keep].astype(dtype), (rows, cols)), shape=(c_out * ho * wo, c_in * h * w))
+    return sp.csr_matrix(
+        (values[keep].astype(dtype), (rows, cols)), shape=(c_out * ho * wo, c_in * h_in * w_in)
+    )
+
+
+def crop_input(x: Any, g: ConvGeometry) -> Any:
+    """Images ``x`` [..., H, W] (torch or numpy) as the convolution of ``g`` reads them: a view cropped to
+    ``g.crop`` (the whole image without one)."""
+    return x if g.crop is None else x[..., : g.crop[0], : g.crop[1]]
 
 
 def conv_weight_whc(kernel: np.ndarray) -> np.ndarray:
@@ -353,7 +367,9 @@ def host_currents_torch(
         w = torch.as_tensor(hs.weight, dtype=torch.float64, device=device)
         if hs.geometry is not None:
             g = hs.geometry
-            acc = F.conv2d(xs.reshape(-1, *g.input_shape), w, stride=g.stride, padding=g.padding)
+            acc = F.conv2d(
+                crop_input(xs.reshape(-1, *g.input_shape), g), w, stride=g.stride, padding=g.padding
+            )
         else:
             acc = xs.reshape(xs.shape[0] * batch, -1) @ w.T
         # (round(acc) + bias + 2**(shift-1)) >> shift, in place in float64: the quantiser keeps
@@ -460,6 +476,8 @@ def check_loihi_graph(lg: LoihiGraph) -> None:
                 )
         elif w.shape != (n_out, n_in):
             raise LasnnError(f"{where} has weights of shape {w.shape}; expected ({n_out}, {n_in}).")
+        if syn.geometry is not None:
+            _check_crop(where, syn.geometry, w.shape, syn.kind)
         if syn.kind == "conv":
             if syn.geometry is None or syn.weight_exp != 0 or syn.delay != 0:
                 raise LasnnError(
@@ -488,6 +506,8 @@ def check_loihi_graph(lg: LoihiGraph) -> None:
                 f"{where} has num_message_bits={syn.num_message_bits}; lasnn sends binary spikes (0)."
             )
     for hs in lg.input.host:
+        if hs.geometry is not None:
+            _check_crop(f"host synapse '{hs.name}'", hs.geometry, np.shape(hs.weight), "host")
         if hs.dst not in lg.layers or hs.shift < 1:
             raise LasnnError(
                 f"host synapse '{hs.name}' targets '{hs.dst}' with shift {hs.shift}; expected a layer "
@@ -498,4 +518,27 @@ def check_loihi_graph(lg: LoihiGraph) -> None:
         raise LasnnError(
             f"the readout '{ro.name}' has mode {ro.mode!r} on layer '{ro.layer}'; expected one of "
             f"{', '.join(READOUT_MODES)} on a known layer."
+        )
+
+
+def _check_crop(where: str, g: ConvGeometry, kernel_shape: tuple[int, ...], kind: str) -> None:
+    """A crop lies inside the input and its convolution gives the output shape; Lava's Conv reads its whole
+    input port (lava-nc 0.10.0 ports reshape, transpose and concatenate; none selects), so a Conv has none."""
+    from lasnn.errors import LasnnError
+
+    if g.crop is None:
+        return
+    c, h, w = g.input_shape
+    crop = tuple(int(v) for v in g.crop)
+    if kind == "conv" or len(crop) != 2 or not (1 <= crop[0] <= h and 1 <= crop[1] <= w):
+        raise LasnnError(
+            f"{where} ({kind}) reads its input {tuple(g.input_shape)} cropped to {crop}; a crop lies inside "
+            "the input, and only dense or host synapses carry one (Lava's Conv reads its whole input)."
+        )
+    expected = conv_output_shape((c, *crop), kernel_shape[0], kernel_shape[2:4], g.stride, g.padding)
+    if tuple(g.output_shape) != expected:
+        raise LasnnError(
+            f"{where} convolves its input cropped to {crop} into {tuple(g.output_shape)}, but its "
+            f"{kernel_shape[2]}x{kernel_shape[3]} kernel, stride {tuple(g.stride)} and padding "
+            f"{tuple(g.padding)} give {expected}."
         )

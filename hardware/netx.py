@@ -471,11 +471,13 @@ def _write_lasnn_group(
 
 
 def _geometry_json(g: ConvGeometry) -> dict[str, list[int]]:
+    crop = {} if g.crop is None else {"crop": list(g.crop)}  # hardware/pool_conv.py
     return {
         "input_shape": list(g.input_shape),
         "output_shape": list(g.output_shape),
         "stride": list(g.stride),
         "padding": list(g.padding),
+        **crop,
     }
 
 

@@ -6,8 +6,10 @@ Written by hand: no library maps NIR-like graphs onto Lava's fixed-point LIF/Den
    stateless nodes between two populations (``SumPool2d -> Scale -> Conv2d``, ``SumPool2d -> Scale ->
    Flatten -> Affine``, a residual shortcut, ...) becomes one synapse, composed exactly in float64: chains
    of convolution-like ops (conv, sum pooling, per-channel scale) into one strided convolution with a larger
-   kernel (checked against the sequential ops on a random probe; border effects that break the identity
-   fall back to a dense matrix, the chain's Jacobian). A ``Delay`` with per-element steps splits its path
+   kernel (checked against the sequential ops on a random probe; a floor pooling that drops an odd image's
+   last rows/cols makes it read the input cropped to the pooled region, ``pool_conv``; other border effects
+   that break the identity fall back to a dense matrix, the chain's Jacobian). A ``Delay`` with
+   per-element steps splits its path
    into one synapse per distinct delay. Constant inputs (biases pushed through the chain, recurrent edges
    and ``Delay`` nodes included, each with the step from which the float graph delivers it) go to the
    neuron bias (Loihi adds it to v: a constant present from step 0 into a neuron without synaptic
@@ -71,6 +73,7 @@ from lasnn.hardware.loihi_graph import (
     dense_weight_range,
     sign_mode,
 )
+from lasnn.hardware.pool_conv import cropped_conv_geometry
 
 SYNAPSE_NODES = (Affine, Conv2d, SumPool2d, Scale, Flatten, Delay)
 LAYER_NODES = (Neuron, LeakyIntegrator)
@@ -293,11 +296,13 @@ def compose_path(
         form = (np.eye(src_shape[0])[:, :, None, None], (1, 1), (0, 0))
         shape = src_shape
         ok = True
+        forms = []
         for n, node in zip(names, nodes, strict=True):
             f = _conv_form(node, tuple(shapes[n][0]) if shapes[n][0] is not None else shape)
             if f is None:
                 ok = False
                 break
+            forms.append(f)
             form = _compose(form, f)
             shape = tuple(shapes[n][1])
         if ok:
@@ -315,6 +320,11 @@ def compose_path(
                 pm.geometry = ConvGeometry(
                     input_shape=src_shape, output_shape=dst_shape, stride=stride, padding=padding
                 )
+                return pm
+            # a floor pooling that drops rows/cols: the same convolution on the cropped input (pool_conv)
+            geometry = cropped_conv_geometry(form, forms, src_shape, dst_shape, chain)
+            if geometry is not None:
+                pm.kernel, pm.geometry = kernel, geometry
                 return pm
     n_in, n_out = math.prod(src_shape), math.prod(dst_shape)
     linear = [node for node in nodes if not isinstance(node, Flatten | Delay)]
@@ -840,7 +850,12 @@ def quantise(
                 )
                 continue
             wmax = np.maximum(gain * pm.row_abs_max(lf.shape), 1e-300)
-            if pm.kernel is not None and pm.delay == 0 and _uniform_per_channel(gain / ratio):
+            if (
+                pm.kernel is not None
+                and pm.delay == 0
+                and pm.geometry.crop is None
+                and _uniform_per_channel(gain / ratio)
+            ):
                 bounds[f"int8 conv weights from '{pm.src}'"] = float(
                     np.min(lim.CONV_WEIGHT[1] * ratio / wmax)
                 )
@@ -1041,7 +1056,7 @@ def _chip_synapse(
     name = ("+".join(pm.names) or f"{pm.src}->{pm.dst}") + pm.tag
     if pm.kernel is not None and _uniform_per_channel(row_scale):
         w_eff = pm.kernel * row_scale[:, 0, 0][:, None, None, None]
-        if pm.delay == 0:
+        if pm.delay == 0 and pm.geometry.crop is None:  # Lava's Conv: no delay, no crop (pool_conv)
             raw = np.rint(w_eff)
             w = np.clip(raw, *lim.CONV_WEIGHT)
             syn = LoihiSynapse(

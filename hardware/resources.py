@@ -7,7 +7,8 @@ cores of its input synapses, as on Loihi (synapses live in the core of the neuro
 - ``neuron_cores = ceil(neurons / NEURONS_PER_CORE)``;
 - stored weights: a Dense synapse stores every nonzero weight once; a Conv synapse stores its kernel once in
   every core the layer spans (weight sharing, ESTIMATE: Loihi 2's convolutional connectivity compression;
-  ``cores_unshared`` gives the count if every connection were stored);
+  ``cores_unshared`` gives the count if every connection were stored), and so does a convolution on a
+  cropped input (``pool_conv``: a Dense synapse only because Lava's Conv process cannot crop);
 - ``memory_cores = ceil(stored weights * SYNAPSE_BITS / synaptic memory bits per core)``;
 - a layer needs ``max(neuron_cores, memory_cores)`` cores; chips ``= ceil(cores / CORES_PER_CHIP)``.
 
@@ -28,9 +29,11 @@ from lasnn.hardware.loihi_graph import ConvGeometry, LoihiGraph
 
 
 def _conv_connections(kernel_shape: tuple[int, ...], g: ConvGeometry) -> int:
-    """Structural connections of a convolution: (output, kernel tap) pairs that land inside the input."""
+    """Structural connections of a convolution: (output, kernel tap) pairs that land inside the (cropped)
+    input."""
     c_out, c_in, kh, kw = kernel_shape
     _, h, w = g.input_shape
+    h, w = g.crop if g.crop is not None else (h, w)
     _, ho, wo = g.output_shape
 
     def valid(k: int, size_in: int, size_out: int, stride: int, pad: int) -> int:
@@ -58,7 +61,10 @@ def estimate_resources(lg: LoihiGraph) -> dict:
                 n = _conv_connections(syn.weight.shape, syn.geometry)
                 connections += n
                 unshared += n
-                shared += int(np.count_nonzero(syn.weight)) * neuron_cores if syn.kind == "conv" else n
+                # a convolution on a cropped input (pool_conv) shares its kernel like a Conv: the dropped
+                # rows' neurons only send it nothing; Lava's simulator runs it as Sparse (no crop in Conv)
+                conv_like = syn.kind == "conv" or (syn.geometry.crop is not None and syn.delay == 0)
+                shared += int(np.count_nonzero(syn.weight)) * neuron_cores if conv_like else n
             else:
                 n = int(np.count_nonzero(syn.weight))
                 connections += n

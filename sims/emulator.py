@@ -40,6 +40,7 @@ from lasnn.hardware.loihi_graph import (
     ConvGeometry,
     LoihiGraph,
     check_loihi_graph,
+    crop_input,
     host_currents_torch,
 )
 from lasnn.hardware.quantise import quantise
@@ -153,9 +154,10 @@ def pooled_conv(weight: np.ndarray, geometry: ConvGeometry) -> tuple[int, np.nda
     kernel repeats every weight over an ``s x s`` block (equal floats quantise to equal integers). Summing
     the spikes of each block first and convolving with one weight per block gives the same integers with
     ``s*s`` times fewer multiply-adds. Decided on the integer weights themselves (exact equality), so it
-    never changes a result; the padding and input size must be multiples of ``s``."""
+    never changes a result; the padding and the (cropped) input size must be multiples of ``s``."""
     (sh, sw), (ph, pw) = geometry.stride, geometry.padding
     _, height, width = geometry.input_shape
+    height, width = geometry.crop if geometry.crop is not None else (height, width)
     if sh != sw or sh < 2 or weight.ndim != 4:
         return None
     s = sh
@@ -580,11 +582,13 @@ class EmulatorBackend:
             x = s.to(torch.float32)  # spikes of their layer's shape (the C-order flattening is logical)
             if syn.name in c.pooled:  # sum pooling then the small kernel: the same integers (pooled_conv)
                 factor, kernel, padding = c.pooled[syn.name]
-                x = F.avg_pool2d(x.reshape(batch, *syn.geometry.input_shape), factor, divisor_override=1)
+                x = crop_input(x.reshape(batch, *syn.geometry.input_shape), syn.geometry)
+                x = F.avg_pool2d(x, factor, divisor_override=1)
                 acc = F.conv2d(x, kernel, padding=padding)
             elif syn.geometry is not None:
                 g = syn.geometry
-                acc = F.conv2d(x.reshape(batch, *g.input_shape), w[1], stride=g.stride, padding=g.padding)
+                x = crop_input(x.reshape(batch, *g.input_shape), g)
+                acc = F.conv2d(x, w[1], stride=g.stride, padding=g.padding)
             elif (
                 syn.name in c.dense_nhwc
                 and x.dim() == 4
@@ -619,7 +623,8 @@ class EmulatorBackend:
             x = s.to(weight.dtype)
             if syn.geometry is not None:
                 g = syn.geometry
-                acc = F.conv2d(x.reshape(batch, *g.input_shape), weight, stride=g.stride, padding=g.padding)
+                x = crop_input(x.reshape(batch, *g.input_shape), g)
+                acc = F.conv2d(x, weight, stride=g.stride, padding=g.padding)
             else:
                 acc = x @ weight.T
             rounded = torch.round(acc)

@@ -13,8 +13,9 @@ Lava's own processes, one to one:
   keep the graph's (C, H, W) layout and connect to ``Conv`` through transposed ports, with the kernel in
   ``(C_out, kw, kh, C_in)`` order and flipped;
 - ``dense`` synapses are ``Dense`` (no delay), ``DelayDense`` (delay > 0; a residual shortcut that skips a
-  stage) or, for large sparse connectivity, ``Sparse`` / ``DelaySparse``; a synapse whose buffer would carry
-  spikes of the previous sample into a layer's first steps (a recurrent connection, a path through a
+  stage) or, for large sparse connectivity, ``Sparse`` / ``DelaySparse`` (e.g. a convolution on a cropped
+  input, ``lasnn.hardware.pool_conv``, which Lava's ``Conv`` cannot express); a synapse whose buffer would
+  carry spikes of the previous sample into a layer's first steps (a recurrent connection, a path through a
   graph ``Delay``, or a constant from the always-on source that the float graph delivers only from a
   later step on) is a ``MaskedDelayDense`` (``lasnn.sims.lava_processes``), Lava's ``DelayDense`` model
   that delivers zeros there;

@@ -197,37 +197,36 @@ def _pool_conv_graph(size: int) -> Graph:
     )
 
 
-@pytest.mark.parametrize(("size", "form"), [(8, "conv"), (7, "dense")])
-def test_composition_is_exact(size: int, form: str) -> None:
-    """Pool -> scale -> padded conv is one strided conv for even sizes; an odd size (floor-mode pooling drops
-    a row the composed kernel would see) falls back to the dense Jacobian. Both equal the sequential ops."""
+@pytest.mark.parametrize(("size", "form", "crop"), [(8, "conv", None), (7, "dense", (6, 6))])
+def test_composition_is_exact(size: int, form: str, crop: tuple[int, int] | None) -> None:
+    """Pool -> scale -> padded conv is one strided conv; for an odd size (floor-mode pooling drops a row the
+    composed kernel would see) it reads the input cropped to the pooled rows (hardware/pool_conv.py), a
+    Dense synapse since Lava's Conv cannot crop. Both equal the sequential ops."""
     g = _pool_conv_graph(size)
     shapes = q.infer_shapes(g)
     pm = compose_path(g, shapes, "n0", ["pool", "avg", "conv"], "n1", False)
-    assert (pm.kernel is not None) == (form == "conv")
+    assert pm.kernel is not None and pm.geometry.crop == crop
     x = torch.as_tensor((np.random.default_rng(1).random((5, 3, size, size)) < 0.4).astype(np.float64))
     seq = x
     for n in ("pool", "avg", "conv"):
         seq = apply_node(g.nodes[n], seq, with_bias=False)
-    if pm.kernel is not None:
-        out = torch.nn.functional.conv2d(
-            x, torch.as_tensor(pm.kernel), stride=pm.geometry.stride, padding=pm.geometry.padding
-        )
-        ints = np.rint(pm.kernel * 64).astype(np.int64)  # conv_matrix is the same map as the convolution
-        by_conv = torch.nn.functional.conv2d(
-            x,
-            torch.as_tensor(ints, dtype=torch.float64),
-            stride=pm.geometry.stride,
-            padding=pm.geometry.padding,
-        )
-        by_matrix = conv_matrix(ints, pm.geometry) @ x.reshape(5, -1).numpy().T
-        assert np.array_equal(by_matrix.T.reshape(by_conv.shape), by_conv.numpy())
-    else:
-        out = (x.reshape(5, -1) @ torch.as_tensor(pm.matrix).T).reshape(seq.shape)
+    xc = x if crop is None else x[..., : crop[0], : crop[1]]
+    out = torch.nn.functional.conv2d(
+        xc, torch.as_tensor(pm.kernel), stride=pm.geometry.stride, padding=pm.geometry.padding
+    )
+    ints = np.rint(pm.kernel * 64).astype(np.int64)  # conv_matrix is the same map as the convolution
+    by_conv = torch.nn.functional.conv2d(
+        xc,
+        torch.as_tensor(ints, dtype=torch.float64),
+        stride=pm.geometry.stride,
+        padding=pm.geometry.padding,
+    )
+    by_matrix = conv_matrix(ints, pm.geometry) @ x.reshape(5, -1).numpy().T
+    assert np.array_equal(by_matrix.T.reshape(by_conv.shape), by_conv.numpy())
     assert torch.allclose(out, seq, atol=1e-12)
     lg, _ = quantise(g)  # and the whole graph quantises, the synapse kind following the composition
     (syn,) = lg.synapses_into("n1")
-    assert syn.kind == form and syn.delay == 0
+    assert syn.kind == form and syn.delay == 0 and syn.geometry.crop == crop
 
 
 def test_residual_shortcut_gets_one_step_delay() -> None:
