@@ -7,6 +7,7 @@ import base64
 import json
 import shutil
 import subprocess
+from html import escape as html_escape
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from lasnn.cli import main
 from lasnn.errors import LasnnError
 from lasnn.export.graph import Affine, Conv2d, Flatten, Graph, Input, Neuron, Output, SumPool2d
 from lasnn.hardware.activity import layer_activity
+from lasnn.reports.plots import accuracy_energy_points
 from lasnn.reports.report import load_run, make_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -28,7 +30,7 @@ def _neuron(shape):
     return Neuron(shape=shape, alpha_v=z + 0.5, gain=z + 0.5, v_threshold=z + 1, v_reset=z, v_leak=z)
 
 
-def _run_json(path: Path, rate: float, timesteps: int, accuracy: float, seed: int) -> Path:
+def _run_json(path: Path, rate: float, timesteps: int, accuracy: float | None, seed: int) -> Path:
     """A run.json whose layers come from real activity counting on a small conv graph."""
     g = Graph(
         {
@@ -300,3 +302,38 @@ def test_headlines_backend_groups_and_sweep(tmp_path):
     bad.write_text(json.dumps({"rows": [{"energy_weight": 0}]}))
     with pytest.raises(LasnnError, match="no rows with"):
         make_report([a], tmp_path / "rep2", sweep=bad)
+
+
+def test_runs_without_accuracy_report_without_the_accuracy_plot(tmp_path, capsys):
+    """Runs with no labels (e.g. a foreign graph on --inputs) have no accuracy: the accuracy-vs-energy plot
+    has no point and matplotlib refuses a log axis without one, so the report leaves that plot out and says
+    why; a run with an accuracy beside one without still gets the plot, with that run's points only."""
+    a = _run_json(tmp_path / "a.json", 0.1, 4, None, 0)
+    b = _run_json(tmp_path / "b.json", 0.3, 4, None, 1)
+    out = tmp_path / "rep"
+    assert (
+        main(
+            ["report", str(a), str(b), "-o", str(out), "--energy-model", "loihi", "--energy-model", "memory"]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    assert not (out / "accuracy_energy.png").exists()
+    report = json.loads((out / "report.json").read_text())
+    assert "accuracy_energy.png" not in report["plots"] and "energy.png" in report["plots"]
+    note = report["accuracy_energy_note"]
+    assert "none of the 2 runs has an accuracy" in note
+    assert (
+        note in (out / "report.md").read_text()
+        and "![accuracy vs energy]" not in (out / "report.md").read_text()
+    )
+    assert html_escape(note) in (out / "report.html").read_text()
+    c = _run_json(tmp_path / "c.json", 0.2, 4, 0.8, 2)
+    result = make_report([a, c], tmp_path / "rep2", energy_models=["loihi", "memory"])
+    assert (tmp_path / "rep2" / "accuracy_energy.png").read_bytes().startswith(PNG_MAGIC)
+    assert "accuracy_energy_note" not in result["report"]
+    points = accuracy_energy_points(result["report"])
+    assert [(p["run"], p["model"]) for p in points] == [(1, 0), (1, 1)]
+    assert [p["energy"] for p in points] == [
+        result["report"]["runs"][1]["energy"][m]["energy"] for m in ("loihi", "memory")
+    ]

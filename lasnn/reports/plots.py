@@ -112,40 +112,63 @@ def energy_plot(report: dict) -> bytes:
     return _png(fig)
 
 
+def accuracy_energy_points(report: dict) -> list[dict]:
+    """The points of the accuracy-vs-energy plot: every run (and the teacher) with an accuracy, once per
+    cost model that gives it a positive energy. A run simulated without labels has no accuracy, and a log
+    axis cannot show an energy of zero, so those are left out; with no point left there is no plot."""
+    points = []
+    models = list(report["energy_models"])
+    for i, run in enumerate(report["runs"]):
+        if run.get("accuracy") is None:
+            continue
+        for j, model in enumerate(models):
+            energy = run["energy"].get(model, {}).get("energy")
+            if energy is not None and energy > 0:
+                points.append({"run": i, "model": j, "energy": energy, "accuracy": run["accuracy"]})
+    teacher = report.get("teacher")
+    if teacher and teacher.get("accuracy") is not None:
+        for model, energy in teacher["energy"].items():
+            if energy > 0:
+                points.append(
+                    {"run": None, "model": model, "energy": energy, "accuracy": teacher["accuracy"]}
+                )
+    return points
+
+
 def accuracy_energy_plot(report: dict) -> bytes:
     """Accuracy against energy per inference: one colour per run (star: the teacher ANN), one marker per
-    cost model."""
+    cost model. Call it only when ``accuracy_energy_points`` is not empty (a log axis needs a point)."""
+    points = accuracy_energy_points(report)
+    if not points:
+        raise ValueError("no run with an accuracy and a positive energy to plot")
     markers = ["o", "s", "^", "D", "v"]
     models = list(report["energy_models"])
     fig = Figure(figsize=(8.0, 4.8), layout="constrained")
     ax = fig.subplots()
     palette = [f"C{i}" for i in range(10)]
-    for i, run in enumerate(report["runs"]):
-        if run.get("accuracy") is None:
-            continue
-        for j, model in enumerate(models):
-            if model not in run["energy"]:
-                continue
+    labelled: set[int] = set()
+    for p in points:
+        if p["run"] is None:
+            teacher = report["teacher"]
             ax.scatter(
-                run["energy"][model]["energy"] * 1e9,
-                100 * run["accuracy"],
-                color=palette[i % 10],
-                marker=markers[j % len(markers)],
-                s=55,
-                alpha=0.85,
-                label=run["label"] if j == 0 else None,
-            )
-    teacher = report.get("teacher")
-    if teacher and teacher.get("accuracy") is not None:
-        for model, energy in teacher["energy"].items():
-            ax.scatter(
-                energy * 1e9,
-                100 * teacher["accuracy"],
+                p["energy"] * 1e9,
+                100 * p["accuracy"],
                 marker="*",
                 s=160,
                 color="black",
-                label=f"{teacher['label']} [{model}]",
+                label=f"{teacher['label']} [{p['model']}]",
             )
+            continue
+        ax.scatter(
+            p["energy"] * 1e9,
+            100 * p["accuracy"],
+            color=palette[p["run"] % 10],
+            marker=markers[p["model"] % len(markers)],
+            s=55,
+            alpha=0.85,
+            label=report["runs"][p["run"]]["label"] if p["run"] not in labelled else None,
+        )
+        labelled.add(p["run"])
     for j, model in enumerate(models):  # marker legend entries
         ax.scatter([], [], marker=markers[j % len(markers)], color="grey", label=f"cost model {model}")
     ax.set_xscale("log")

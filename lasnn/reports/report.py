@@ -8,8 +8,8 @@ constant cited), estimates the latency on Loihi, counts the teacher's MACs, and 
 - ``report.md``: the same as tables, with the plots linked;
 - ``report.html``: self-contained (CSS inline, plots embedded as base64 PNG data URIs, no external
   assets), so it can be mailed or archived as one file;
-- ``layers_<i>.png``, ``energy.png`` and (with two or more runs, or a run and the teacher)
-  ``accuracy_energy.png``.
+- ``layers_<i>.png``, ``energy.png`` and (with two or more runs, or a run and the teacher, of which at
+  least one has an accuracy) ``accuracy_energy.png``; without one the report says why.
 """
 
 from __future__ import annotations
@@ -245,6 +245,22 @@ def build_report(runs: list[dict], teacher: dict | None, models: list[dict]) -> 
     }
 
 
+def accuracy_energy_note(report: dict) -> str:
+    """Why a report of several runs has no accuracy-vs-energy plot (the sentence the report prints)."""
+    without = sum(r.get("accuracy") is None for r in report["runs"])
+    teacher = report.get("teacher")
+    if without == len(report["runs"]) and not (teacher and teacher.get("accuracy") is not None):
+        return (
+            f"No accuracy-vs-energy plot: none of the {len(report['runs'])} runs has an accuracy (a run "
+            "simulated without labels, e.g. a foreign graph on --inputs, records none) and no teacher "
+            "accuracy was given; pass --labels to lasnn simulate to score the runs."
+        )
+    return (
+        "No accuracy-vs-energy plot: no run with an accuracy has a positive modelled energy under the "
+        "chosen cost models, and the energy axis is logarithmic."
+    )
+
+
 def make_report(
     run_paths: list[str | os.PathLike | dict[str, Any]],
     out: str | os.PathLike | None,
@@ -286,7 +302,10 @@ def make_report(
     if report.get("sweep"):
         images["pareto.png"] = plots.pareto_plot(report["sweep"]["rows"])
     if len(runs) + (teacher_info is not None) >= 2:
-        images["accuracy_energy.png"] = plots.accuracy_energy_plot(report)
+        if plots.accuracy_energy_points(report):
+            images["accuracy_energy.png"] = plots.accuracy_energy_plot(report)
+        else:
+            report["accuracy_energy_note"] = accuracy_energy_note(report)
     report["plots"] = sorted(images)
     files: dict[str, str] = {}
     created = not out.exists()
@@ -525,6 +544,8 @@ def render_markdown(report: dict) -> str:
     parts += ["## Energy", "", "![energy per inference](energy.png)", ""]
     if "accuracy_energy.png" in report.get("plots", []):
         parts += ["![accuracy vs energy](accuracy_energy.png)", ""]
+    if report.get("accuracy_energy_note"):
+        parts += [report["accuracy_energy_note"], ""]
     if report.get("sweep"):
         parts += ["## Energy sweep", "", _md_table(*_sweep_rows(report["sweep"])), ""]
         parts += ["![Pareto](pareto.png)", ""]
@@ -609,6 +630,8 @@ def render_html(report: dict, images: dict[str, bytes]) -> str:
     out += ["<h2>Energy</h2>", _img(images, "energy.png", "energy per inference")]
     if "accuracy_energy.png" in images:
         out += [_img(images, "accuracy_energy.png", "accuracy vs energy")]
+    if report.get("accuracy_energy_note"):
+        out += [f'<p class="note">{e(report["accuracy_energy_note"])}</p>']
     if "pareto.png" in images:
         out += ["<h2>Energy sweep</h2>", _html_table(*_sweep_rows(report["sweep"]), text_cols=(3,))]
         out += [_img(images, "pareto.png", "accuracy vs energy of an energy sweep")]
