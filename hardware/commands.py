@@ -52,6 +52,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "discretisation (see lasnn export --help)",
     )
     p.add_argument("--margin", type=float, default=2.0, help="u/v headroom factor over calibration (2)")
+    p.add_argument(
+        "--bias-grid",
+        type=int,
+        metavar="N",
+        help="put every neuron bias on multiples of N (a power of two, 1..128) of Loihi's v, rounded to "
+        "nearest, the error in the report; 64 is what lava-dl netx holds (export-netx needs it for "
+        "biased layers, e.g. batch norm) (default: a free exponent per neuron)",
+    )
     p.set_defaults(func=run)
 
     n = subparsers.add_parser(
@@ -92,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         dt=args.dt,
         written_by=args.written_by,
         out=args.output,
+        bias_grid=args.bias_grid,
     )
     prov = model.provenance
     summary = {
@@ -103,6 +112,10 @@ def run(args: argparse.Namespace) -> int:
         "calibration_samples": prov["calibration"]["samples"],
         "graph_sha256": prov["graph_sha256"][:16],
     }
+    if args.bias_grid is not None:  # what the grid cost: biases moved, the worst error / threshold
+        summary["bias_grid"] = args.bias_grid
+        summary["biases_rounded"] = model.report["biases_rounded"]
+        summary["bias_error_threshold_max"] = model.report["bias_error_threshold_max"]
     print(json.dumps(summary))
     print(f"wrote {args.output}")
     return 0

@@ -335,12 +335,16 @@ def compile_graph(
     margin: float = 2.0,
     dt: float | None = None,
     written_by: str | None = None,
+    bias_grid: int | None = None,
 ) -> CompiledModel:
     """Quantise a NIR graph (a path or a lasnn ``Graph``) into a ``CompiledModel`` by the calibration and
     input-mode rules of the module docstring. ``calibration``: an array or ``.npy`` path ``(N, T, *shape)``;
     ``seed``: of the Poisson encoding of data-set calibration samples (encoded with ``seed + 1``);
-    ``dt``/``written_by``: how a foreign file is read (``lasnn.export.nir_io``; kept in the provenance)."""
-    from lasnn.hardware.quantise import quantise
+    ``dt``/``written_by``: how a foreign file is read (``lasnn.export.nir_io``; kept in the provenance);
+    ``bias_grid``: every neuron bias on multiples of it (64: what lava-dl netx holds; ``quantise``)."""
+    from lasnn.hardware.quantise import check_bias_grid, quantise
+
+    bias_grid = check_bias_grid(bias_grid)
 
     if calibration_samples < 1:
         raise LasnnError(f"--calibration-samples must be positive, got {calibration_samples}.")
@@ -406,7 +410,7 @@ def compile_graph(
             "the graph records no number of time steps and no calibration data was given; pass --timesteps T."
         )
     graph.metadata["timesteps"] = int(steps)
-    lg, report = quantise(graph, calib, input_mode=mode, margin=margin)
+    lg, report = quantise(graph, calib, input_mode=mode, margin=margin, bias_grid=bias_grid)
     report["calibration"] = cal
     provenance = {
         "graph_sha256": hashlib.sha256(graph_bytes).hexdigest(),
@@ -418,6 +422,7 @@ def compile_graph(
         "input_mode_source": mode_source,
         "calibration": cal,
         "margin": margin,
+        "bias_grid": bias_grid,
         "lasnn_version": versions()["lasnn"],
         "versions": versions(),
         "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -26,7 +26,10 @@ Mapping (exact, integer for integer, or refused with one sentence naming the lay
 
 - a LIF/CUBA layer -> the neuron of its netx block: ``iDecay = du + 1``, ``vDecay = dv``, ``vThMant = vth``;
   a bias ``bias_mant << bias_exp`` -> netx ``bias = bias / 64`` (netx fixes ``bias_exp = 6``): exact when
-  every bias is a multiple of 64 within the 13-bit mantissa, refused otherwise.
+  every bias is a multiple of 64 within the 13-bit mantissa, which ``lasnn compile --bias-grid 64`` makes
+  so (``quantise``: rounded to nearest, at most half an integer weight, the error in the report); refused
+  otherwise, the sentence naming that option. The biases are checked after the structure, so a model netx
+  cannot hold at all is refused for that first.
 - a ``conv`` synapse (lasnn's composed pooling + conv chains included: they are one strided convolution
   already) -> ``conv`` with lasnn's int8 kernel, stride and padding (dilation 1, groups 1).
 - a ``dense`` synapse -> ``dense`` with the effective weight ``W * 2**weight_exp`` (a ``flatten`` before it
@@ -49,7 +52,10 @@ Refused, by netx's format: skip or multi-source connections (netx chains layers)
 (netx's ``RecurrentDense`` keeps the previous sample's spikes in its buffer at a sample's first step;
 lasnn's Lava backend masks them), delayed synapses (netx's one-step-per-layer reset schedule cannot align
 them), a dense synapse into an image-shaped layer that feeds a convolution (netx's dense output is 1-D),
-host currents into any but the first layer.
+host currents into any but the first layer, a synapse on a cropped input (a floor pooling of an odd-sized
+image before a conv, ``hardware/pool_conv.py``: netx's ``conv`` pads symmetrically and reads its whole
+input, and a ``dense`` block's output is flat, so a convolution after it has no image; the airbench
+student's 31 -> 15 -> 7 -> 3 stages are such synapses, the VGG student's even stages are not).
 """
 
 from __future__ import annotations
@@ -242,8 +248,9 @@ def plan_netx(lg: LoihiGraph) -> NetxPlan:
                 f"layer '{name}' runs at pipeline depth {layer.depth}, not {expected_depth}; netx's reset "
                 "schedule (one step per layer) cannot express that."
             )
-        block.bias = _netx_bias(layer, block)
         blocks.append(block)
+    for block in blocks:  # after the structure: a model netx cannot hold is refused for that first
+        block.bias = _netx_bias(block.layer)
     ro = lg.readout
     notes.append(
         f"readout '{ro.name}' ({ro.mode} mode) of layer '{ro.layer}': netx has no readout; "
@@ -282,6 +289,16 @@ def _synapse_block(
     lg: LoihiGraph, layer: LoihiLayer, syn: LoihiSynapse, src_shape: tuple[int, ...], notes: list[str]
 ) -> NetxBlock:
     name = layer.name
+    convs_after = [s for s in lg.synapses if s.src == name and s.kind == "conv"]
+    if syn.geometry is not None and syn.geometry.crop is not None and convs_after:
+        h, w = syn.geometry.crop
+        raise LasnnError(
+            f"the synapse into layer '{name}' ('{syn.name}') reads its source cropped to {h} x {w} (a "
+            "pooling of an odd-sized image before a conv, hardware/pool_conv.py) and the layer feeds a "
+            "convolution; netx's conv pads symmetrically and reads its whole input, and a dense block's "
+            "output is flat, so no netx block expresses it: use image sizes that every pooling divides "
+            "(e.g. the VGG student)."
+        )
     if syn.kind == "conv":
         g = syn.geometry
         if len(src_shape) != 3 or tuple(g.input_shape) != src_shape:
@@ -338,7 +355,7 @@ def _synapse_block(
     )
 
 
-def _netx_bias(layer: LoihiLayer, block: NetxBlock) -> np.ndarray | None:
+def _netx_bias(layer: LoihiLayer) -> np.ndarray | None:
     bias = layer.bias()
     if not np.any(bias):
         return None
@@ -349,7 +366,9 @@ def _netx_bias(layer: LoihiLayer, block: NetxBlock) -> np.ndarray | None:
         raise LasnnError(
             f"layer '{layer.name}' has {int(bad.sum())} biases that are not multiples of {unit} within "
             f"{lim.BIAS_MANT_MIN * unit}..{lim.BIAS_MANT_MAX * unit}; netx fixes bias_exp = "
-            f"{NETX_BIAS_EXP}, so they cannot be exported exactly."
+            f"{NETX_BIAS_EXP}, so they cannot be exported exactly: compile the graph with 'lasnn compile "
+            f"GRAPH.nir -o MODEL --bias-grid {unit}', which rounds every bias to a multiple of {unit} (the "
+            "quantisation report gives the error)."
         )
     return mant
 

@@ -27,11 +27,23 @@ Written by hand: no library maps NIR-like graphs onto Lava's fixed-point LIF/Den
    data (a float64 run of the graph) or, without data, bounded statically from the weights. Dense weights
    then take the exponent that fills their 8 bits.
 4. **Report.** Per layer: depth, ``vth`` and its bits, the scale and the limit that bound it, ``du``/``dv``
-   and their decay errors, the bias and its clipped count, the expected (calibrated) or bounded (static)
+   and their decay errors, the bias, its clipped count and rounding error (and, with a bias grid, how many
+   biases the grid moved), the expected (calibrated) or bounded (static)
    largest ``|u|``, ``|v|`` in integer units against the 24-bit range, and per synapse its kind, exponent,
    delay, fan-in, clipped weights and weight quantisation error. The emulator measures the actual ranges
    and saturation counts of a run (``EmulatorBackend.stats``).
-5. **Refusal.** Whatever cannot be represented raises ``LasnnError`` naming the layer, why, and what to
+5. **Bias grid** (``bias_grid``, ``lasnn compile --bias-grid 64``). Loihi's bias is ``mant << exp`` with a
+   3-bit exponent per neuron, and lasnn picks the smallest exponent that fits each value; lava-dl netx
+   fixes ``bias_exp = 6`` for every neuron, so a netx bias is a multiple of 64 (``hardware/netx.py``).
+   With a grid ``g = 2**e`` every bias is ``rint(b / g) << e`` (one exponent, the 13-bit mantissa's range
+   bounding ``vth`` like the free encoding's), so the compiled integers, which the emulator and Lava run,
+   are exactly what netx can hold. A step of 64 in ``v`` is one unit of the synaptic input (``a_in`` is
+   shifted by 6 into ``u``), i.e. the weights' own resolution: the rounding error is at most half an
+   integer weight, ``1 / (2 vth)`` of the threshold. A finer grid relative to the threshold would need a
+   larger ``vth`` with the weights scaled along, but ``vth`` is already the largest that the binding limit
+   (int8 conv weights, the 16-bit host current, u/v headroom, vth's 17 bits) allows, so no exact rescaling
+   makes it finer.
+6. **Refusal.** Whatever cannot be represented raises ``LasnnError`` naming the layer, why, and what to
    do (the table below lists every refusal). Nothing is clipped silently: the report counts every
    clipped weight and approximated decay.
 """
@@ -589,13 +601,31 @@ def _calibrate(graph, stream, batch_size, shapes, order, recurrent, stats):  # n
 # integer encodings
 
 
-def _bias_encode(bias: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """Mantissa/exponent pairs (13-bit signed, 0..7) with the smallest exponent that fits each value;
+def check_bias_grid(grid: int | None) -> int | None:
+    """The bias grid checked: a power of two from 1 to 128 (``2**bias_exp``), or None (lasnn's free
+    per-neuron exponent); anything else is one ``LasnnError`` sentence."""
+    if grid is None:
+        return None
+    steps = [2**e for e in range(lim.BIAS_EXP_MIN, lim.BIAS_EXP_MAX + 1)]
+    if isinstance(grid, bool) or not isinstance(grid, int | np.integer) or int(grid) not in steps:
+        raise LasnnError(
+            f"bias grid {grid!r} is not a power of two from 1 to {steps[-1]} (Loihi's bias is mant << exp, "
+            "exp 0..7); use --bias-grid 64 for lava-dl netx."
+        )
+    return int(grid)
+
+
+def _bias_encode(bias: np.ndarray, grid: int | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+    """Mantissa/exponent pairs (13-bit signed, 0..7) with the smallest exponent that fits each value, or
+    with the one exponent ``log2(grid)`` (every bias on multiples of ``grid``, rounded to nearest);
     returns (mantissa, exponent, number of values that had to be clipped)."""
-    exp = np.full(bias.shape, lim.BIAS_EXP_MAX, dtype=np.int64)
-    for e in range(lim.BIAS_EXP_MAX, -1, -1):
-        m = np.rint(bias / 2.0**e)
-        exp = np.where((m <= lim.BIAS_MANT_MAX) & (m >= lim.BIAS_MANT_MIN), e, exp)
+    if grid is not None:
+        exp = np.full(bias.shape, int(grid).bit_length() - 1, dtype=np.int64)
+    else:
+        exp = np.full(bias.shape, lim.BIAS_EXP_MAX, dtype=np.int64)
+        for e in range(lim.BIAS_EXP_MAX, -1, -1):
+            m = np.rint(bias / 2.0**e)
+            exp = np.where((m <= lim.BIAS_MANT_MAX) & (m >= lim.BIAS_MANT_MIN), e, exp)
     raw = np.rint(bias / 2.0**exp)
     mant = np.clip(raw, lim.BIAS_MANT_MIN, lim.BIAS_MANT_MAX)
     return mant.astype(np.int32), exp.astype(np.int32), int((mant != raw).sum())
@@ -629,13 +659,17 @@ def quantise(
     calibration_stream: np.ndarray | None = None,
     input_mode: str | None = None,
     margin: float = 2.0,
+    bias_grid: int | None = None,
 ) -> tuple[LoihiGraph, dict]:
     """Quantise ``graph`` to Loihi 2 fixed point; returns the ``LoihiGraph`` and a per-layer report.
 
     ``calibration_stream`` ``[T, B, *input_shape]`` (encoded like the data the graph will see) sets the
     scales from measured activity; without it, scales come from static worst-case bounds.
     ``input_mode`` ("spikes" or "current") overrides the choice made from the graph's encoding.
+    ``bias_grid`` (a power of two, e.g. 64 for lava-dl netx) puts every neuron bias on its multiples
+    (module docstring, step 5).
     """
+    bias_grid = check_bias_grid(bias_grid)
     shapes = infer_shapes(graph, "graph")
     order, recurrent = graph.schedule()
     (input_name,) = graph.inputs()
@@ -841,7 +875,7 @@ def quantise(
         elif float(np.max(v_peak)) > 0:
             bounds["v headroom"] = float(np.min(head / (64.0 * np.maximum(v_peak, 1e-300) / ratio)))
         if np.abs(c_bias).max() > 0:
-            bmax = lim.BIAS_MANT_MAX * 2.0**lim.BIAS_EXP_MAX
+            bmax = lim.BIAS_MANT_MAX * float(bias_grid or 2**lim.BIAS_EXP_MAX)
             bounds["bias range"] = float(np.min(bmax / (64.0 * np.maximum(np.abs(c_bias), 1e-300) / ratio)))
         for pm in into:
             if host_mode and pm.src == input_name:
@@ -904,7 +938,14 @@ def quantise(
             dv = int(min(max(round(lf.alpha_v * lim.DECAY_UNITY), 0), lim.DV_MAX))
             dv_err = abs(dv / lim.DECAY_UNITY - lf.alpha_v)
         bias_v = 64.0 * scale * c_bias
-        bias_mant, bias_exp, bias_clipped = _bias_encode(bias_v)
+        bias_mant, bias_exp, bias_clipped = _bias_encode(bias_v, bias_grid)
+        bias_int = np.left_shift(bias_mant.astype(np.int64), bias_exp.astype(np.int64))
+        bias_error = float(np.abs(bias_int - bias_v).max(initial=0.0))  # v units (64 per vth unit)
+        bias_rounded = 0
+        if bias_grid is not None:  # the biases the grid moved from lasnn's free encoding
+            free_mant, free_exp, _ = _bias_encode(bias_v)
+            free = np.left_shift(free_mant.astype(np.int64), free_exp.astype(np.int64))
+            bias_rounded = int((free != bias_int).sum())
         layers[name] = LoihiLayer(
             name=name,
             shape=lf.shape,
@@ -962,6 +1003,10 @@ def quantise(
                 "dv_error": dv_err,
                 "bias_max": float(np.abs(bias_v).max(initial=0.0)),
                 "bias_clipped": bias_clipped,
+                "bias_grid": bias_grid,
+                "bias_rounded": bias_rounded,
+                "bias_error_max": bias_error,
+                "bias_error_threshold": bias_error / (64.0 * vth) if lf.kind == "lif" else None,
                 "u_expected_max": float(np.max(64.0 * scale * u_peak)) if source == "calibration" else None,
                 "u_bound": float(np.max(64.0 * scale * u_peak)) if source != "calibration" else None,
                 "v_expected_max": float(np.max(64.0 * scale * v_peak)) if source == "calibration" else None,
@@ -1016,7 +1061,12 @@ def quantise(
             offset=np.asarray(readout_offset, dtype=np.float64).reshape(graph.nodes[output_name].shape),
         ),
         timesteps=timesteps,
-        metadata={**graph.metadata, "margin": margin, "calibrated": stats is not None},
+        metadata={
+            **graph.metadata,
+            "margin": margin,
+            "calibrated": stats is not None,
+            "bias_grid": bias_grid,
+        },
     )
     check_loihi_graph(lg)
     report = {
@@ -1026,6 +1076,12 @@ def quantise(
         "pipeline_depth": lg.depth,
         "readout": readout_mode,
         "calibrated": stats is not None,
+        "bias_grid": bias_grid,
+        "biases_rounded": int(sum(r["bias_rounded"] for r in report_layers)),
+        "bias_error_threshold_max": max(
+            (r["bias_error_threshold"] for r in report_layers if r["bias_error_threshold"] is not None),
+            default=0.0,
+        ),
         "layers": report_layers,
         "bias_source": None
         if not source_reports

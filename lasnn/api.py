@@ -797,13 +797,15 @@ def compile_loihi(
     dt: float | None = None,
     written_by: str | None = None,
     out: str | os.PathLike | None = None,
+    bias_grid: int | None = None,
 ) -> Any:
     """Compile a NIR graph (a file or an ``ExportResult``) to Loihi 2 fixed point, as ``lasnn compile``:
     scales calibrated on ``calibration`` (``(N, T, *input_shape)``, array or ``.npy``), else on the
     training split of the graph's data set, never on scored samples; ``input_mode`` ``spikes`` or
     ``currents`` (default: from the graph); ``calibration_samples`` (default 256) and ``margin`` (u/v
     headroom over calibration) as the verb's flags; ``dt`` and ``written_by`` (``--dt``, ``--from``) how a
-    foreign file is read (``export_nir``). Returns a ``CompiledModel`` (integers, schedule, report,
+    foreign file is read (``export_nir``); ``bias_grid`` (``--bias-grid``, e.g. 64 for ``export_netx``) puts
+    every neuron bias on its multiples. Returns a ``CompiledModel`` (integers, schedule, report,
     provenance); writes it to ``out`` only when given. ``simulate`` runs it on Lava and the emulator."""
     from lasnn.hardware.compiled_model import compile_graph
 
@@ -825,6 +827,7 @@ def compile_loihi(
         margin=margin,
         dt=dt,
         written_by=written_by,
+        bias_grid=bias_grid,
     )
     if out is not None:
         model.save(out)
