@@ -63,6 +63,7 @@ def _profile(
     device: tuple[str, ...],
     student_epochs: int | None = None,
     student_extra: tuple[str, ...] = (),
+    convert_extra: tuple[str, ...] = (),
 ) -> list[Row]:
     """The rows of a profile, in the order they run (what the comparison needs most comes first);
     ``work`` holds every row's output folder. ``student_epochs`` shortens (or lengthens) every student;
@@ -120,9 +121,12 @@ def _profile(
         "converted_loihi": ("conversion, reset to zero (Loihi)", "zero", False),
     }
     for row, (loss, reset, shift) in conversions.items():
-        args = ["--teacher", f"{work}/teacher_qcfs", "--timesteps", CONVERT_T, "--reset", reset]
+        args = ["--teacher", f"{work}/teacher_qcfs", "--reset", reset]
+        if "--timesteps" not in convert_extra:
+            args += ["--timesteps", CONVERT_T]
         if shift:
             args.append("--shift")
+        args += convert_extra
         rows.append(
             Row(row, "converted", loss, "convert", (*args, *device, *out(row)), needs=("teacher_qcfs",))
         )
@@ -409,6 +413,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--student-args", default="", help="extra distill options for every student, e.g. '--recipe sgd'"
     )
+    parser.add_argument(
+        "--convert-args",
+        default="",
+        help="extra convert options, e.g. '--timesteps 1,2,4,8,16,32 --test-samples 2000' (the full T <= 128 "
+        "curve over 10,000 images takes hours on 2 CPU cores)",
+    )
     parser.add_argument("--budget-minutes", type=float, help="start no new row after this much wall time")
     args = parser.parse_args(argv)
     work = args.work or ("runs/cifar10" if args.profile == "cpu" else f"runs/cifar10_{args.profile}")
@@ -419,7 +429,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     device = ("--device", args.device) if args.device else ()
     extra = tuple(shlex.split(args.student_args))
-    rows = _profile(args.profile, work, data, device, args.student_epochs, extra)
+    convert_extra = tuple(shlex.split(args.convert_args))
+    rows = _profile(args.profile, work, data, device, args.student_epochs, extra, convert_extra)
     names = {r.name for r in rows}
     wanted = args.rows.split(",") if args.rows else [r.name for r in rows]
     unknown = [w for w in wanted if w not in names]

@@ -28,6 +28,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from lasnn.distill.qcfs import QCFS
+
 RECIPES = ("sgd", "airbench")
 
 
@@ -102,16 +104,22 @@ def optimizer(model: nn.Module, lr_per_1024: float, batch_size: int) -> torch.op
     gain = 1024 * (1 + 1 / (1 - HYPER.momentum))
     lr = lr_per_1024 / gain * batch_size
     decay_per_step = HYPER.weight_decay_per_1024 * batch_size / gain
-    norm_biases, others = [], []
+    norm_biases, clip_levels, others = [], [], []
     for module in model.modules():
         for name, param in module.named_parameters(recurse=False):
             if not param.requires_grad:
                 continue
-            is_norm_bias = isinstance(module, nn.modules.batchnorm._BatchNorm) and name == "bias"
-            (norm_biases if is_norm_bias else others).append(param)
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and name == "bias":
+                norm_biases.append(param)
+            elif isinstance(module, QCFS):
+                clip_levels.append(param)
+            else:
+                others.append(param)
     bias_lr = lr * HYPER.bias_scaler
     groups = [
         dict(params=norm_biases, lr=bias_lr, weight_decay=decay_per_step / bias_lr),
+        # QCFS's lambda (the converted neuron's threshold) is a range, not a weight: no decay toward 0
+        dict(params=clip_levels, lr=lr, weight_decay=0.0),
         dict(params=others, lr=lr, weight_decay=decay_per_step / lr),
     ]
     return torch.optim.SGD([g for g in groups if g["params"]], momentum=HYPER.momentum, nesterov=True)

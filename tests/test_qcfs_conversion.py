@@ -245,3 +245,32 @@ def test_student_from_converted_starts_at_the_conversion(neuron: str | None) -> 
     student(images).sum().backward()
     grads = [p.grad for p in student.parameters()]
     assert all(g is not None for g in grads) and sum(float(g.abs().sum()) for g in grads) > 0
+
+
+def test_airbench_recipe_keeps_qcfs_ranges_out_of_weight_decay() -> None:
+    """Under the airbench optimiser lambda is not decayed toward 0 and the QCFS net's BN scales are frozen
+    (with both learnable and decayed, the half-width QCFS teacher collapsed to chance in epoch 4)."""
+    from lasnn.distill import airbench_recipe
+
+    net = airbench((3, 32, 32), 10, width=0.25, act="qcfs", pool="avg")
+    bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns and all(not bn.weight.requires_grad and bn.bias.requires_grad for bn in bns)
+    lambdas = {id(m.threshold) for m in net.modules() if isinstance(m, QCFS)}
+    opt = airbench_recipe.optimizer(net, 11.5, 512)
+    groups = {id(p): g for g in opt.param_groups for p in g["params"]}
+    assert lambdas and all(groups[i]["weight_decay"] == 0.0 for i in lambdas)
+    conv = next(m for m in net.modules() if isinstance(m, nn.Conv2d) and m.weight.requires_grad)
+    assert groups[id(conv.weight)]["weight_decay"] > 0.0
+    # one step with a zero gradient: lambda is unchanged, a conv weight shrinks
+    before = [m.threshold.detach().clone() for m in net.modules() if isinstance(m, QCFS)]
+    w = conv.weight.detach().clone()
+    for g in opt.param_groups:
+        for p in g["params"]:
+            p.grad = torch.zeros_like(p)
+    opt.step()
+    after = [m.threshold.detach() for m in net.modules() if isinstance(m, QCFS)]
+    assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
+    assert conv.weight.detach().norm() < w.norm()
+    # the GELU teacher keeps learnable BN scales (its recorded accuracy was trained so)
+    gelu = airbench((3, 32, 32), 10, width=0.25)
+    assert all(m.weight.requires_grad for m in gelu.modules() if isinstance(m, nn.BatchNorm2d))
