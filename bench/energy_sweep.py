@@ -131,7 +131,9 @@ def main(argv: list[str] | None = None) -> int:
         cmd = [*LASNN, "distill", "--teacher", args.teacher, "--init", str(base_student)]
         cmd += ["--epochs", str(args.finetune_epochs), "--energy-weight", f"{w:g}"]
         cmd += [*shlex.split(args.distill_args), "--seed", str(args.seed), "--out", str(folder)]
-        rows.append(student_row(folder / "student.pt", w, _shown(cmd), _run(cmd), models, data))
+        # --resume: a killed fine-tune continues from its checkpoint; a finished one is only re-evaluated
+        seconds = _run([*cmd, "--resume"])
+        rows.append(student_row(folder / "student.pt", w, _shown(cmd), seconds, models, data))
     from lasnn.hardware.energy import load_model
     from lasnn.reports.report import teacher_summary
 
