@@ -268,6 +268,7 @@ def table_rows(row: Row, record: dict[str, Any], teacher_records: dict[str, dict
                 "epochs": source.get("epochs"),
                 "train_seconds": source.get("train_seconds"),
                 "test_accuracy": point["test_accuracy"],
+                "test_images": metrics.get("test_samples"),
                 "note": f"no training of its own; epochs and train_seconds are those of {row.needs[0]}",
             }
             for point in metrics["curve"]
@@ -279,6 +280,7 @@ def table_rows(row: Row, record: dict[str, Any], teacher_records: dict[str, dict
             "epochs": metrics["epochs"],
             "train_seconds": metrics["train_seconds"],
             "test_accuracy": metrics["test_accuracy"],
+            "test_images": None,  # the whole test split
         }
     ]
 
@@ -326,17 +328,19 @@ def write_results(stem: Path, rows: list[dict[str, Any]], profile: str) -> None:
     lines = [
         f"# CIFAR-10 table, profile {profile}",
         "",
-        "Full 10,000-image test set of the shared copy (JPEG-stored CIFAR-10); no test-time augmentation.",
+        "Test images: all of the test split (CIFAR-10: 10,000, the shared JPEG-stored copy) unless the",
+        "column gives a number (a fixed random subset, `convert --test-samples`); no test-time augmentation.",
         "Written by `bench/cifar10_table.py`; each row's command reproduces it.",
         "",
-        "| model | kind | loss | T | epochs | train s | top-1 % | machine | date |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | kind | loss | T | epochs | train s | top-1 % | test images | machine | date |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         seconds = "" if r["train_seconds"] is None else f"{r['train_seconds']:.0f}"
         lines.append(
             f"| {r['model']} | {r['kind']} | {r['loss']} | {r['timesteps'] or '-'} | {r['epochs']} | "
-            f"{seconds} | {100 * r['test_accuracy']:.2f} | {r['machine']} | {r['date']} |"
+            f"{seconds} | {100 * r['test_accuracy']:.2f} | {r.get('test_images') or 'all'} | "
+            f"{r['machine']} | {r['date']} |"
         )
     lines += ["", "## Commands", ""]
     for command in dict.fromkeys(r["command"] for r in rows):
