@@ -394,7 +394,9 @@ def _plot(path: Path, rows: list[dict[str, Any]]) -> None:
     ax.set_xscale("log", base=2)
     ax.set_xlabel("time steps T")
     ax.set_ylabel("CIFAR-10 test top-1 (%)")
-    ax.set_title("Accuracy against time steps (full test set)")
+    subsets = sorted({r["test_images"] for r in rows if r.get("test_images")})
+    where = f"; conversions on {', '.join(map(str, subsets))} test images" if subsets else ""
+    ax.set_title(f"Accuracy against time steps (whole test split{where})")
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8, loc="lower right")
