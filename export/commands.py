@@ -25,7 +25,7 @@ from lasnn.artifacts import load_checkpoint
 from lasnn.errors import LasnnError
 from lasnn.export.graph import Graph
 from lasnn.export.lowering import lower_student
-from lasnn.export.nir_io import read_nir, write_nir
+from lasnn.export.nir_io import WRITERS, read_nir, write_nir
 
 CHECK_SAMPLES = 2  # samples the written graph is re-run on (float64) against the student
 
@@ -251,7 +251,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--from",
         dest="written_by",
-        choices=("snntorch", "norse", "sinabs"),
+        choices=tuple(WRITERS),
         help="the framework whose own exporter wrote a foreign .nir, for its dt and discretisation (NIR "
         "files record neither): snntorch dt 1e-4; norse dt 1e-6 (to_nir's dt 1e-3 squared: it writes tau "
         "times dt) and its LIFCell's unscaled input current; sinabs tau in steps, exp(-1/tau) decay",

@@ -402,20 +402,18 @@ def _drop_batch_dims(graph: nir.NIRGraph) -> list[str]:
     ``to_nir`` and nirtorch without ``ignore_dims`` keep the example batch there); returns the ports fixed."""
     fixed = []
     for name, node in graph.nodes.items():
-        if isinstance(node, nir.Input):
-            shape, near = _port_shape(node, "input"), [graph.nodes[d] for s, d in graph.edges if s == name]
-            ok = shape is not None and len(shape) > 1 and shape[0] == 1 and near
-            if ok and all(_takes(n, shape[1:]) for n in near):
-                node.input_type = {"input": np.array(shape[1:])}
-                node.output_type = {"output": np.array(shape[1:])}
-                fixed.append(name)
-        elif isinstance(node, nir.Output):
-            shape, near = _port_shape(node, "output"), [graph.nodes[s] for s, d in graph.edges if d == name]
-            ok = shape is not None and len(shape) > 1 and shape[0] == 1 and near
-            if ok and all(_gives(n, shape[1:]) for n in near):
-                node.input_type = {"input": np.array(shape[1:])}
-                node.output_type = {"output": np.array(shape[1:])}
-                fixed.append(name)
+        if isinstance(node, nir.Input):  # the Input's shape must be what its successors take
+            port, near, fits = "input", [graph.nodes[d] for s, d in graph.edges if s == name], _takes
+        elif isinstance(node, nir.Output):  # the Output's what its predecessors give
+            port, near, fits = "output", [graph.nodes[s] for s, d in graph.edges if d == name], _gives
+        else:
+            continue
+        shape = _port_shape(node, port)
+        batched = shape is not None and len(shape) > 1 and shape[0] == 1 and near
+        if batched and all(fits(n, shape[1:]) for n in near):
+            node.input_type = {"input": np.array(shape[1:])}
+            node.output_type = {"output": np.array(shape[1:])}
+            fixed.append(name)
     return fixed
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from lasnn.export.nir_io import WRITERS
 from lasnn.hardware.compiled_model import CALIBRATION_SAMPLES
 
 
@@ -47,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--from",
         dest="written_by",
-        choices=("snntorch", "norse", "sinabs"),
+        choices=tuple(WRITERS),
         help="the framework whose own exporter wrote a foreign .nir, for its dt and "
         "discretisation (see lasnn export --help)",
     )

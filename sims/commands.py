@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from lasnn.export.nir_io import WRITERS
 from lasnn.sims.run_simulation import BACKENDS
 
 
@@ -58,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--from",
         dest="written_by",
-        choices=("snntorch", "norse", "sinabs"),
+        choices=tuple(WRITERS),
         help="for a foreign .nir: the framework whose own exporter wrote it, for its dt "
         "and discretisation (see lasnn export --help)",
     )
