@@ -13,6 +13,10 @@ Profiles (``--profile``):
   to zero), half-width spiking airbench students (LaSNN, KD-only and CE-only at T = 4 and 2), and a LaSNN
   student initialised from the QCFS conversion.
 - ``gpu``: the same table at full length and full width for a GPU (e.g. 10 minutes of an H200).
+- ``tinyimagenet``: the same rows on the shared Tiny ImageNet subset (64x64, 200 classes, 200 training
+  images per class) at the budget that fits this CPU: half-width airbench teacher, 3 epochs; 1-epoch
+  students. The airbench recipe, batch 512 and the CIFAR attention weight (0.3) are passed explicitly,
+  since lasnn's Tiny ImageNet defaults are the ResNet-18 literature recipe (100 epochs).
 - ``smoke``: digits-sized, seconds per row; used by the tests.
 
 Outputs (``--results``, default ``bench/results/cifar10_<profile>``): ``.json`` (one row per model and T,
@@ -21,6 +25,7 @@ with the machine, date and the exact command), ``.md`` (the table and the latenc
 
     python bench/cifar10_table.py --profile cpu --data-root ../shared/datasets/cifar10
     python bench/cifar10_table.py --profile gpu --data-root ../shared/datasets/cifar10 --device cuda
+    python bench/cifar10_table.py --profile tinyimagenet --rows teacher,student_lasnn_T4
 """
 
 from __future__ import annotations
@@ -73,6 +78,7 @@ def _profile(
         "cpu": ("1.0", "32,128,128", "10", "10", "5"),
         "gpu": ("1.0", "64,256,256", "40", "100", "30"),
         "smoke": ("0.25", "4,8", "2", "2", "1"),
+        "tinyimagenet": ("0.5", "32,128,128", "3", "1", "1"),
     }[name]
     teacher_width, widths, teacher_epochs, epochs, init_epochs = sizes
     suffix = ""
@@ -86,6 +92,9 @@ def _profile(
     # smoke: digits nets, with the airbench recipe (the CIFAR default) named so that it is exercised
     teacher_arch = ("--arch", "small_cnn", "--recipe", "airbench") if smoke else ("--arch", "airbench")
     student = ("--student", "vgg", "--recipe", "airbench") if smoke else ("--student", "airbench")
+    if name == "tinyimagenet":  # not lasnn's Tiny ImageNet defaults (ResNet-18, SGD): the CIFAR recipe
+        recipe = ("--recipe", "airbench", "--batch-size", "512")
+        teacher_arch, student = (*teacher_arch, *recipe), (*student, *recipe, "--beta", "0.3")
     qcfs_width = "0.25" if smoke else "0.5"
     if student_extra:  # other student options: their own folders too
         suffix += "_" + "".join(c if c.isalnum() else "-" for c in "".join(student_extra).strip("-"))
@@ -319,6 +328,10 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _dataset_name(profile: str) -> str:
+    return "Tiny ImageNet (shared subset)" if profile == "tinyimagenet" else "CIFAR-10"
+
+
 def write_results(stem: Path, rows: list[dict[str, Any]], profile: str) -> None:
     """``stem.json``, ``stem.md`` and ``stem.png``, each written whole (temporary file, then rename)."""
     stem.parent.mkdir(parents=True, exist_ok=True)
@@ -326,10 +339,11 @@ def write_results(stem: Path, rows: list[dict[str, Any]], profile: str) -> None:
     blob = {"profile": profile, "rows": rows, "summary": info}
     _atomic_text(stem.with_suffix(".json"), json.dumps(blob, indent=1) + "\n")
     lines = [
-        f"# CIFAR-10 table, profile {profile}",
+        f"# {_dataset_name(profile)} table, profile {profile}",
         "",
-        "Test images: all of the test split (CIFAR-10: 10,000, the shared JPEG-stored copy) unless the",
-        "column gives a number (a fixed random subset, `convert --test-samples`); no test-time augmentation.",
+        "Test images: all of the test split (CIFAR-10: 10,000, the shared JPEG-stored copy; Tiny ImageNet:",
+        "the 10,000-image val split) unless the column gives a number (a fixed random subset,",
+        "`convert --test-samples`); no test-time augmentation.",
         "Written by `bench/cifar10_table.py`; each row's command reproduces it.",
         "",
         "| model | kind | loss | T | epochs | train s | top-1 % | test images | machine | date |",
@@ -348,7 +362,7 @@ def write_results(stem: Path, rows: list[dict[str, Any]], profile: str) -> None:
     lines += ["", "## Summary", ""]
     lines += [f"- {key}: {value}" for key, value in info.items()] or ["- (no complete comparison yet)"]
     _atomic_text(stem.with_suffix(".md"), "\n".join(lines) + "\n")
-    _plot(stem.with_suffix(".png"), rows)
+    _plot(stem.with_suffix(".png"), rows, _dataset_name(profile))
 
 
 def _atomic_text(path: Path, text: str) -> None:
@@ -357,7 +371,7 @@ def _atomic_text(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def _plot(path: Path, rows: list[dict[str, Any]]) -> None:
+def _plot(path: Path, rows: list[dict[str, Any]], dataset: str = "CIFAR-10") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -393,7 +407,7 @@ def _plot(path: Path, rows: list[dict[str, Any]]) -> None:
             )
     ax.set_xscale("log", base=2)
     ax.set_xlabel("time steps T")
-    ax.set_ylabel("CIFAR-10 test top-1 (%)")
+    ax.set_ylabel(f"{dataset} test top-1 (%)")
     subsets = sorted({r["test_images"] for r in rows if r.get("test_images")})
     where = f"; conversions on {', '.join(map(str, subsets))} test images" if subsets else ""
     ax.set_title(f"Accuracy against time steps (whole test split{where})")
@@ -409,8 +423,11 @@ def _plot(path: Path, rows: list[dict[str, Any]]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--profile", choices=("cpu", "gpu", "smoke"), default="cpu")
-    parser.add_argument("--data-root", default="../shared/datasets/cifar10", help="CIFAR-10 folder")
+    parser.add_argument("--profile", choices=("cpu", "gpu", "tinyimagenet", "smoke"), default="cpu")
+    parser.add_argument(
+        "--data-root",
+        help="data folder (default ../shared/datasets/cifar10; tinyimagenet: ../shared/datasets)",
+    )
     parser.add_argument("--work", help="folder of the rows' outputs (default runs/cifar10[_<profile>])")
     parser.add_argument("--results", help="results stem (default bench/results/cifar10_<profile>)")
     parser.add_argument("--device", help="passed to every command (default: each command's auto)")
@@ -427,12 +444,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--budget-minutes", type=float, help="start no new row after this much wall time")
     args = parser.parse_args(argv)
-    work = args.work or ("runs/cifar10" if args.profile == "cpu" else f"runs/cifar10_{args.profile}")
-    data = (
-        ("--dataset", "digits")
-        if args.profile == "smoke"
-        else ("--dataset", "cifar10", "--data-root", args.data_root)
+    work = args.work or {"cpu": "runs/cifar10", "tinyimagenet": "runs/tinyimagenet"}.get(
+        args.profile, f"runs/cifar10_{args.profile}"
     )
+    if args.profile == "smoke":
+        data: tuple[str, ...] = ("--dataset", "digits")
+    elif args.profile == "tinyimagenet":
+        data = ("--dataset", "tinyimagenet", "--data-root", args.data_root or "../shared/datasets")
+    else:
+        data = ("--dataset", "cifar10", "--data-root", args.data_root or "../shared/datasets/cifar10")
     device = ("--device", args.device) if args.device else ()
     extra = tuple(shlex.split(args.student_args))
     convert_extra = tuple(shlex.split(args.convert_args))
@@ -443,33 +463,32 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown row(s) {', '.join(unknown)}; expected some of {', '.join(sorted(names))}")
     suffix = rows[2].name.removeprefix("student_ce_T4")  # the students' folder suffix
-    stem = Path(args.results) if args.results else RESULTS / f"cifar10_{args.profile}{suffix}"
+    default_stem = "tinyimagenet_cpu" if args.profile == "tinyimagenet" else f"cifar10_{args.profile}"
+    stem = Path(args.results) if args.results else RESULTS / f"{default_stem}{suffix}"
     started = time.time()
-    records: dict[str, dict[str, Any]] = {}
+    # every finished row first, so that the results files always hold the whole table done so far
+    records: dict[str, dict[str, Any]] = {r.name: rec for r in rows if (rec := _done(r)) is not None}
+
+    def write() -> None:
+        finished = [done for done in rows if done.name in records]
+        table = [r for done in finished for r in table_rows(done, records[done.name], records)]
+        write_results(stem, table, args.profile)
+
+    if records:
+        write()
     for row in rows:
-        record = _done(row)
-        if record is None and row.name in wanted:
-            missing = [n for n in row.needs if n not in records]
-            if missing:
-                print(f"bench: skipping {row.name}: needs {', '.join(missing)} first", flush=True)
-                continue
-            if args.budget_minutes is not None and time.time() - started > 60 * args.budget_minutes:
-                print(
-                    f"bench: budget of {args.budget_minutes} min spent; stopping before {row.name}",
-                    flush=True,
-                )
-                break
-            print(f"bench: running {row.name}: {command_of(row)}", flush=True)
-            record = run_row(row, Path(work) / "logs")
-        if record is not None:
-            records[row.name] = record
-            table = [
-                r
-                for done in rows
-                if done.name in records
-                for r in table_rows(done, records[done.name], records)
-            ]
-            write_results(stem, table, args.profile)
+        if row.name in records or row.name not in wanted:
+            continue
+        missing = [n for n in row.needs if n not in records]
+        if missing:
+            print(f"bench: skipping {row.name}: needs {', '.join(missing)} first", flush=True)
+            continue
+        if args.budget_minutes is not None and time.time() - started > 60 * args.budget_minutes:
+            print(f"bench: budget of {args.budget_minutes} min spent; stopping before {row.name}", flush=True)
+            break
+        print(f"bench: running {row.name}: {command_of(row)}", flush=True)
+        records[row.name] = run_row(row, Path(work) / "logs")
+        write()
     print(f"bench: {len(records)} of {len(rows)} rows done; results in {stem}.{{json,md,png}}", flush=True)
     return 0
 

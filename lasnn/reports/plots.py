@@ -199,8 +199,9 @@ def pareto_plot(rows: list[dict]) -> bytes:
     )
     for e, a, r in pts:
         ax.scatter(e, a, color="#d95f02" if r["energy_weight"] == 0 else "#1b9e77", s=40, zorder=3)
+        tuned = f" (+{r['finetune_epochs']} ep)" if r.get("finetune_epochs") else ""
         ax.annotate(
-            f"w={r['energy_weight']:g}", (e, a), textcoords="offset points", xytext=(4, 4), fontsize=8
+            f"w={r['energy_weight']:g}{tuned}", (e, a), textcoords="offset points", xytext=(4, 4), fontsize=8
         )
     ax.set_xlabel("energy per inference, Loihi model (µJ, modelled)")
     ax.set_ylabel("test accuracy (%)")

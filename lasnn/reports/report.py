@@ -495,13 +495,16 @@ def _sweep_rows(sweep: dict) -> tuple[list[str], list[list[str]]]:
     rows = [
         [
             f"{r['energy_weight']:g}",
+            str(r.get("finetune_epochs", "")),
             fmt_accuracy(r["test_accuracy"]),
             fmt_energy(r["loihi_energy_per_inference_j"]),
             str(r.get("command", "")),
         ]
         for r in sweep["rows"]
     ]
-    return ["energy weight", "test accuracy", "energy / inf. [loihi, modelled]", "command"], rows
+    head = ["energy weight", "fine-tune epochs", "test accuracy", "energy / inf. [loihi, modelled]"]
+    head.append("command")
+    return head, rows
 
 
 def render_markdown(report: dict) -> str:
@@ -633,7 +636,7 @@ def render_html(report: dict, images: dict[str, bytes]) -> str:
     if report.get("accuracy_energy_note"):
         out += [f'<p class="note">{e(report["accuracy_energy_note"])}</p>']
     if "pareto.png" in images:
-        out += ["<h2>Energy sweep</h2>", _html_table(*_sweep_rows(report["sweep"]), text_cols=(3,))]
+        out += ["<h2>Energy sweep</h2>", _html_table(*_sweep_rows(report["sweep"]), text_cols=(4,))]
         out += [_img(images, "pareto.png", "accuracy vs energy of an energy sweep")]
     out += ["<h2>Formulas</h2>", f"<p>Energy: <code>{e(report['formulas']['energy'])}</code></p>"]
     if report["formulas"].get("latency"):
