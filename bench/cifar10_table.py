@@ -307,6 +307,16 @@ def needed_steps(curve: list[dict[str, Any]], target: float) -> int | None:
     return None
 
 
+def _conversion_steps(rows: list[dict[str, Any]], target: float) -> dict[str, tuple[int | None, int]]:
+    """Per conversion present: the T it needs to come within 1 point of ``target`` and its largest T."""
+    out = {}
+    for conversion in ("converted_qcfs", "converted_loihi"):
+        curve = [r for r in rows if r["model"] == conversion]
+        if curve:
+            out[conversion] = (needed_steps(curve, target), max(int(r["timesteps"]) for r in curve))
+    return out
+
+
 def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The latency ratios and the attention term's gains, from the rows present."""
     students = {
@@ -323,20 +333,12 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
             if (other, t) in students:
                 gain = lasnn["test_accuracy"] - students[(other, t)]["test_accuracy"]
                 out[f"lasnn_minus_{other}_T{t}_points"] = round(100 * gain, 2)
-        for conversion in ("converted_qcfs", "converted_loihi"):
-            curve = [r for r in rows if r["model"] == conversion]
-            if curve:
-                need = needed_steps(curve, lasnn["test_accuracy"])
-                largest = max(r["timesteps"] for r in curve)
-                out[f"{conversion}_T_within_1pt_of_lasnn_T{t}"] = need if need else f"> {largest}"
-                out[f"{conversion}_latency_ratio_vs_lasnn_T{t}"] = need / t if need else f"> {largest / t:g}"
+        for conversion, (need, largest) in _conversion_steps(rows, lasnn["test_accuracy"]).items():
+            out[f"{conversion}_T_within_1pt_of_lasnn_T{t}"] = need if need else f"> {largest}"
+            out[f"{conversion}_latency_ratio_vs_lasnn_T{t}"] = need / t if need else f"> {largest / t:g}"
     for student in (r for r in rows if r["kind"] == "student" and "from_converted" in r["model"]):
-        for conversion in ("converted_qcfs", "converted_loihi"):
-            curve = [r for r in rows if r["model"] == conversion]
-            if curve:
-                need = needed_steps(curve, student["test_accuracy"])
-                largest = max(r["timesteps"] for r in curve)
-                out[f"{conversion}_T_within_1pt_of_{student['model']}"] = need if need else f"> {largest}"
+        for conversion, (need, largest) in _conversion_steps(rows, student["test_accuracy"]).items():
+            out[f"{conversion}_T_within_1pt_of_{student['model']}"] = need if need else f"> {largest}"
     return out
 
 
