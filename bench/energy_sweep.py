@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cifar10_table import machine  # noqa: E402  (bench/ is a folder of scripts)
+from cifar10_table import _atomic_text, machine  # noqa: E402  (bench/ is a folder of scripts)
 
 LASNN = [sys.executable, "-m", "lasnn.cli"]
 
@@ -102,9 +102,7 @@ def _train_seconds(student: Path) -> float | None:
 
 
 def _atomic_json(path: Path, blob: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(blob, indent=1) + "\n")
-    tmp.replace(path)
+    _atomic_text(path, json.dumps(blob, indent=1) + "\n")
 
 
 def pareto_plot(rows: list[dict], path: Path) -> None:
@@ -150,8 +148,9 @@ def main(argv: list[str] | None = None) -> int:
         cmd += ["--epochs", str(args.finetune_epochs), "--energy-weight", f"{w:g}"]
         cmd += [*shlex.split(args.distill_args), "--seed", str(args.seed), "--out", str(folder)]
         record = folder / "sweep_row.json"  # a finished row of the same command and data is reused whole
-        if record.is_file() and json.loads(record.read_text()).get("key") == [_shown(cmd), data]:
-            rows.append(json.loads(record.read_text())["row"])
+        saved = json.loads(record.read_text()) if record.is_file() else {}
+        if saved.get("key") == [_shown(cmd), data]:
+            rows.append(saved["row"])
             continue
         # --resume: a killed fine-tune continues from its checkpoint; a finished one is only re-evaluated
         wall = _run([*cmd, "--resume"])

@@ -502,8 +502,13 @@ def _sweep_rows(sweep: dict) -> tuple[list[str], list[list[str]]]:
         ]
         for r in sweep["rows"]
     ]
-    head = ["energy weight", "fine-tune epochs", "test accuracy", "energy / inf. [loihi, modelled]"]
-    head.append("command")
+    head = [
+        "energy weight",
+        "fine-tune epochs",
+        "test accuracy",
+        "energy / inf. [loihi, modelled]",
+        "command",
+    ]
     return head, rows
 
 
