@@ -163,11 +163,11 @@ def _profile(
     # chance within the epoch) and at a tenth of it (a fine-tune, as the energy sweep's)
     from lasnn.distill.airbench_recipe import HYPER
 
-    # from the Loihi conversion (reset to zero): the one whose student exports to NIR and Loihi
     tenth = ("--lr", f"{HYPER.lr_per_1024 / 10:g}")
     for tag, lr, source in (
         ("", (), "converted_qcfs"),
         ("_lr0.1x", tenth, "converted_qcfs"),
+        # from the Loihi conversion (reset to zero): the one whose student exports to NIR and Loihi
         ("_loihi_lr0.1x", tenth, "converted_loihi"),
     ):
         name = f"student_lasnn_T4_from_converted{tag}{suffix}"
@@ -309,6 +309,11 @@ def needed_steps(curve: list[dict[str, Any]], target: float) -> int | None:
     return None
 
 
+def _from_conversion(row: dict[str, Any]) -> bool:
+    """A student trained on from a converted network (conversion + distillation)."""
+    return row["kind"] == "student" and "from_converted" in row["model"]
+
+
 def _conversion_steps(rows: list[dict[str, Any]], target: float) -> dict[str, tuple[int | None, int]]:
     """Per conversion present: the T it needs to come within 1 point of ``target`` and its largest T."""
     out = {}
@@ -322,9 +327,7 @@ def _conversion_steps(rows: list[dict[str, Any]], target: float) -> dict[str, tu
 def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The latency ratios and the attention term's gains, from the rows present."""
     students = {
-        (r["loss"], r["timesteps"]): r
-        for r in rows
-        if r["kind"] == "student" and "from_converted" not in r["model"]
+        (r["loss"], r["timesteps"]): r for r in rows if r["kind"] == "student" and not _from_conversion(r)
     }
     out: dict[str, Any] = {}
     for t in (4, 2):
@@ -338,7 +341,7 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         for conversion, (need, largest) in _conversion_steps(rows, lasnn["test_accuracy"]).items():
             out[f"{conversion}_T_within_1pt_of_lasnn_T{t}"] = need if need else f"> {largest}"
             out[f"{conversion}_latency_ratio_vs_lasnn_T{t}"] = need / t if need else f"> {largest / t:g}"
-    for student in (r for r in rows if r["kind"] == "student" and "from_converted" in r["model"]):
+    for student in filter(_from_conversion, rows):
         for conversion, (need, largest) in _conversion_steps(rows, student["test_accuracy"]).items():
             out[f"{conversion}_T_within_1pt_of_{student['model']}"] = need if need else f"> {largest}"
     return out
@@ -404,11 +407,7 @@ def _plot(path: Path, rows: list[dict[str, Any]], dataset: str = "CIFAR-10") -> 
         )
     for loss, marker in (("lasnn", "*"), ("kd", "s"), ("ce", "^")):
         points = sorted(
-            (
-                r
-                for r in rows
-                if r["kind"] == "student" and r["loss"] == loss and "from_converted" not in r["model"]
-            ),
+            (r for r in rows if r["kind"] == "student" and r["loss"] == loss and not _from_conversion(r)),
             key=lambda r: r["timesteps"],
         )
         if points:
@@ -421,11 +420,8 @@ def _plot(path: Path, rows: list[dict[str, Any]], dataset: str = "CIFAR-10") -> 
                 label=f"student, {loss}",
             )
     # students trained on from a conversion: one marker each, labelled by what they started from
-    for r in rows:
-        if r["kind"] == "student" and "from_converted" in r["model"]:
-            ax.plot(
-                r["timesteps"], 100 * r["test_accuracy"], "D", markersize=7, label=f"student, {r['loss']}"
-            )
+    for r in filter(_from_conversion, rows):
+        ax.plot(r["timesteps"], 100 * r["test_accuracy"], "D", markersize=7, label=f"student, {r['loss']}")
     for r in rows:
         if r["kind"] == "teacher":
             ax.axhline(100 * r["test_accuracy"], linestyle=":", color="gray")
