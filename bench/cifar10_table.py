@@ -324,8 +324,10 @@ def _conversion_steps(rows: list[dict[str, Any]], target: float) -> dict[str, tu
     return out
 
 
-def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The latency ratios and the attention term's gains, from the rows present."""
+def summary(rows: list[dict[str, Any]], chance: float = 0.1) -> dict[str, Any]:
+    """The latency ratios and the attention term's gains, from the rows present. A student within 1 point
+    of ``chance`` (1 / classes) gets no latency ratio: any conversion "matches" it at T = 1."""
+    at_chance = "student at chance: no latency ratio"
     students = {
         (r["loss"], r["timesteps"]): r for r in rows if r["kind"] == "student" and not _from_conversion(r)
     }
@@ -338,13 +340,24 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
             if (other, t) in students:
                 gain = lasnn["test_accuracy"] - students[(other, t)]["test_accuracy"]
                 out[f"lasnn_minus_{other}_T{t}_points"] = round(100 * gain, 2)
+        if lasnn["test_accuracy"] < chance + WITHIN:
+            out[f"latency_ratio_vs_lasnn_T{t}"] = at_chance
+            continue
         for conversion, (need, largest) in _conversion_steps(rows, lasnn["test_accuracy"]).items():
             out[f"{conversion}_T_within_1pt_of_lasnn_T{t}"] = need if need else f"> {largest}"
             out[f"{conversion}_latency_ratio_vs_lasnn_T{t}"] = need / t if need else f"> {largest / t:g}"
     for student in filter(_from_conversion, rows):
+        if student["test_accuracy"] < chance + WITHIN:
+            out[f"latency_ratio_vs_{student['model']}"] = at_chance
+            continue
         for conversion, (need, largest) in _conversion_steps(rows, student["test_accuracy"]).items():
             out[f"{conversion}_T_within_1pt_of_{student['model']}"] = need if need else f"> {largest}"
     return out
+
+
+def _chance(profile: str) -> float:
+    """Top-1 of a guess: 1 / classes (Tiny ImageNet's 200, else CIFAR-10's or digits' 10)."""
+    return 1 / 200 if profile == "tinyimagenet" else 1 / 10
 
 
 def _dataset_name(profile: str) -> str:
@@ -354,7 +367,7 @@ def _dataset_name(profile: str) -> str:
 def write_results(stem: Path, rows: list[dict[str, Any]], profile: str) -> None:
     """``stem.json``, ``stem.md`` and ``stem.png``, each written whole (temporary file, then rename)."""
     stem.parent.mkdir(parents=True, exist_ok=True)
-    info = summary(rows)
+    info = summary(rows, _chance(profile))
     blob = {"profile": profile, "rows": rows, "summary": info}
     _atomic_text(stem.with_suffix(".json"), json.dumps(blob, indent=1) + "\n")
     lines = [

@@ -4,6 +4,7 @@
   one on a subset keeps its size;
 - the latency ratio is the smallest T at which a conversion comes within 1 point of the student, over the
   student's T, and "> largest T / T" when the curve never gets there;
+- a student at chance gets no latency ratio (any conversion would "match" it at T = 1);
 - the results files are written whole, conversion + distillation students included.
 """
 
@@ -71,6 +72,23 @@ def test_latency_ratios_from_the_curves() -> None:
     assert info["converted_loihi_latency_ratio_vs_lasnn_T2"] == "> 64"
     assert info["lasnn_minus_kd_T4_points"] == -0.74
     assert info["converted_qcfs_T_within_1pt_of_student_lasnn_T4_from_converted"] == 16
+
+
+def test_a_student_at_chance_gets_no_latency_ratio() -> None:
+    """A collapsed student (10 % on CIFAR-10) is "matched" by any conversion at T = 1: no ratio for it."""
+    rows = _rows(
+        _conversion("converted_qcfs", {1: 0.1174, 2: 0.38}, None),
+        _student("student_lasnn_T4", "lasnn", 4, 0.1050),
+        _student("student_lasnn_T4_from_converted", "lasnn (from the QCFS conversion)", 4, 0.10),
+        _student("student_lasnn_T4_from_converted_lr0.1x", "lasnn (lr x0.1)", 4, 0.37),
+    )
+    info = table.summary(rows)
+    assert "converted_qcfs_T_within_1pt_of_lasnn_T4" not in info
+    assert info["latency_ratio_vs_lasnn_T4"].startswith("student at chance")
+    assert info["latency_ratio_vs_student_lasnn_T4_from_converted"].startswith("student at chance")
+    assert info["converted_qcfs_T_within_1pt_of_student_lasnn_T4_from_converted_lr0.1x"] == 2
+    # on Tiny ImageNet (200 classes) 10.5 % is far above chance
+    assert table.summary(rows, chance=1 / 200)["converted_qcfs_T_within_1pt_of_lasnn_T4"] == 1
 
 
 def test_results_files_hold_every_row(tmp_path: Path) -> None:
