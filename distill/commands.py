@@ -57,6 +57,7 @@ _CIFAR_DEFAULTS: dict[str, Any] = dict(
     blocks=1,
     distill_epochs=10,
     batch_size=512,
+    teach_batch_size=1024,  # airbench94's batch; the spiking student keeps 512 (T copies of each image)
     timesteps=4,
     recipe="airbench",
     # attention weight chosen on held-out training images (40-step probes at batch 256, airbench
@@ -218,7 +219,7 @@ def teach(
     arch = arch or d["arch"]
     settings = _settings(
         d["teach_epochs"] if epochs is None else epochs,
-        d["batch_size"] if batch_size is None else batch_size,
+        d.get("teach_batch_size", d["batch_size"]) if batch_size is None else batch_size,
         lr,
         seed,
         device,

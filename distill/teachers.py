@@ -135,6 +135,8 @@ def vgg(
 # patch-whitening conv (3 -> 24 channels), then three blocks of 64 / 256 / 256 channels.
 AIRBENCH_WIDTHS = (64, 256, 256)
 WHITEN_KERNEL = 2
+AIRBENCH_BN_EPS = 1e-12
+AIRBENCH_BN_MOMENTUM = 0.4
 
 
 def activation(kind: str, levels: int = 4) -> nn.Module:
@@ -174,10 +176,9 @@ def airbench(
 
     Stage 0: the 2x2 whitening conv (frozen weights set by ``whiten_first_conv``, trainable bias) and the
     activation; stages 1-3: conv, 2x2 pooling, BN, activation, conv, BN, activation. Head: global pooling
-    over the last map, a bias-free linear layer and the 1/9 logit scale. ``act="qcfs"`` with
-    ``pool="avg"`` is the convertible variant (QCFS activations, average pooling only); its BN scales
-    are frozen at 1 so that each layer's scale is learnt by lambda alone (measured: with both learnable
-    and decayed under the airbench recipe, the half-width QCFS net collapsed to chance in epoch 4).
+    over the last map, a bias-free linear layer and the 1/9 logit scale. BN scales are frozen at 1, as
+    airbench's. ``act="qcfs"`` with ``pool="avg"`` is the convertible variant (QCFS activations, average
+    pooling only).
     """
     if pool not in POOLS:
         raise LasnnError(f"--pool {pool!r} is unknown; expected one of {', '.join(POOLS)}.")
@@ -191,9 +192,12 @@ def airbench(
     c = whiten_width
 
     def norm(channels: int) -> nn.BatchNorm2d:
-        bn = nn.BatchNorm2d(channels)
-        if act == "qcfs":  # lambda is the layer's only scale: a learnable BN scale would shrink with it
-            bn.weight.requires_grad_(False)  # (both under weight decay; airbench also freezes BN scales)
+        # airbench94's BatchNorm: no learnable scale (a shift only), eps 1e-12, running statistics with
+        # momentum 0.4 (its "0.6" is the old estimate's weight). For QCFS the frozen scale matters twice:
+        # lambda is then the layer's only scale (measured: with both learnable and decayed, the half-width
+        # QCFS net collapsed to chance in epoch 4).
+        bn = nn.BatchNorm2d(channels, eps=AIRBENCH_BN_EPS, momentum=AIRBENCH_BN_MOMENTUM)
+        bn.weight.requires_grad_(False)
         return bn
 
     for base in AIRBENCH_WIDTHS:

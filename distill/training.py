@@ -239,15 +239,17 @@ def _tensor_batches(
     world: int,
     rank: int,
 ) -> Any:
-    """The airbench recipe's batches: each global batch augmented as one tensor from a generator of
-    (seed, epoch, step), then this rank's shard taken, so the pixels do not depend on the world size."""
+    """The airbench recipe's batches: each global batch augmented as one tensor (the epoch's alternating
+    flips, translations from a generator of (seed, epoch, step)), then this rank's shard taken, so the
+    pixels do not depend on the world size."""
     mean, std = torch.tensor(dataset.mean), torch.tensor(dataset.std)
     shift = airbench_recipe.translation_for(dataset.images.shape[-2])
+    flips = airbench_recipe.alternating_flips(seed, len(dataset), epoch)
     for step in range(start, len(batches)):
         index = torch.tensor(batches[step])
         generator = airbench_recipe.step_generator(seed, epoch, step)
         images = airbench_recipe.batch_augment(
-            dataset.images[index], mean, std, generator, shift, dataset.mirror
+            dataset.images[index], mean, std, generator, shift, dataset.mirror, flips[index]
         )
         mine = torch.tensor(distributed.shard(list(range(len(index))), world, rank))
         yield images[mine], dataset.labels[index][mine]
@@ -362,7 +364,7 @@ def _fit(
         if not isinstance(train_set, ImageArrayDataset):
             raise LasnnError("--recipe airbench needs an in-memory image data set (lasnn.data.load_dataset).")
         optimizer = airbench_recipe.optimizer(model, settings.lr, settings.batch_size)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, airbench_recipe.triangular(total_steps))
+        scheduler = airbench_recipe.scheduler(optimizer, total_steps, steps_per_epoch)
         lookahead = airbench_recipe.Lookahead(model, total_steps)
     else:
         params = [p for p in model.parameters() if p.requires_grad]

@@ -2,6 +2,8 @@
 
 - batched tensor augmentation: seeded (same seed, same batch), and each image equals an independent
   per-image reference (flip with torch.flip, translation by slicing a reflect-padded copy);
+- the alternating flip: a seeded coin per image, negated every other epoch, and it sets the batch's flips;
+- the whitening bias moves for the first ``whiten_bias_epochs`` epochs only, the rest of the net keeps on;
 - the whitening conv decorrelates 2x2 patches: the covariance of its outputs is the identity;
 - the airbench teacher and its spiking twin have matching stage ends;
 - a benchmark row killed after its first epoch and resumed by rerunning the benchmark ends with the
@@ -64,6 +66,48 @@ def test_no_flips_without_mirror() -> None:
         images, mean, std, airbench_recipe.step_generator(0, 0, 0), 0, mirror=False
     )
     assert torch.allclose(out, images.float() / 255)
+
+
+def test_flips_alternate_between_epochs_and_override_the_drawn_bits() -> None:
+    flips = [airbench_recipe.alternating_flips(5, 200, epoch) for epoch in range(4)]
+    assert 60 < int(flips[0].sum()) < 140  # a fair coin per image
+    assert (
+        torch.equal(flips[1], ~flips[0])
+        and torch.equal(flips[2], flips[0])
+        and torch.equal(flips[3], ~flips[0])
+    )
+    assert not torch.equal(flips[0], airbench_recipe.alternating_flips(6, 200, 0))  # seeded
+    images = _images()
+    mean, std = torch.zeros(3), torch.ones(3)
+    chosen = flips[0][: len(images)]
+    out = airbench_recipe.batch_augment(
+        images, mean, std, airbench_recipe.step_generator(0, 0, 0), 0, True, chosen
+    )
+    expected = torch.where(chosen.view(-1, 1, 1, 1), images.flip(-1), images).float() / 255
+    assert torch.allclose(out, expected)
+
+
+def test_whitening_bias_trains_for_the_first_epochs_only() -> None:
+    torch.manual_seed(0)
+    net = airbench((3, 16, 16), 10, width=0.125)
+    whiten_first_conv(net, torch.randn(32, 3, 16, 16))
+    bias = airbench_recipe.whitening_bias(net)
+    assert bias is not None and bias is net.stages[0][0].bias
+    steps_per_epoch = 2
+    epochs = airbench_recipe.HYPER.whiten_bias_epochs + 2
+    opt = airbench_recipe.optimizer(net, 11.5, 64)
+    schedule = airbench_recipe.scheduler(opt, epochs * steps_per_epoch, steps_per_epoch)
+    moved = []
+    for _ in range(epochs * steps_per_epoch):
+        before_bias, before_head = bias.detach().clone(), net.head[2].weight.detach().clone()
+        opt.zero_grad()
+        net(torch.randn(64, 3, 16, 16)).square().mean().backward()
+        opt.step()
+        schedule.step()
+        moved.append((not torch.equal(bias, before_bias), not torch.equal(net.head[2].weight, before_head)))
+    frozen_from = airbench_recipe.HYPER.whiten_bias_epochs * steps_per_epoch
+    assert all(b for b, _ in moved[:frozen_from]) and not any(b for b, _ in moved[frozen_from:])
+    assert all(h for _, h in moved)  # the rest of the net keeps training
 
 
 def test_whitening_conv_decorrelates_patches() -> None:
