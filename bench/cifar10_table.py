@@ -69,6 +69,7 @@ def _profile(
     student_epochs: int | None = None,
     student_extra: tuple[str, ...] = (),
     convert_extra: tuple[str, ...] = (),
+    qcfs_extra: tuple[str, ...] = (),
 ) -> list[Row]:
     """The rows of a profile, in the order they run (what the comparison needs most comes first);
     ``work`` holds every row's output folder. ``student_epochs`` shortens (or lengthens) every student;
@@ -120,6 +121,7 @@ def _profile(
                 qcfs_width,
                 "--epochs",
                 teacher_epochs,
+                *qcfs_extra,
                 *device,
                 *out("teacher_qcfs"),
             ),
@@ -160,16 +162,19 @@ def _profile(
             )
     rows = rows[:1] + students[:3] + rows[1:] + students[3:]
     # the converted net trained on with the LaSNN loss: at the recipe's rate (measured on CIFAR: it fell to
-    # chance within the epoch) and at a tenth of it (a fine-tune, as the energy sweep's)
+    # chance within the epoch), at a tenth of it (a fine-tune, as the energy sweep's) and at a hundredth
     from lasnn.distill.airbench_recipe import HYPER
 
-    tenth = ("--lr", f"{HYPER.lr_per_1024 / 10:g}")
-    for tag, lr, source in (
-        ("", (), "converted_qcfs"),
-        ("_lr0.1x", tenth, "converted_qcfs"),
+    for tag, fraction, source in (
+        ("", None, "converted_qcfs"),
+        ("_lr0.1x", 10, "converted_qcfs"),
+        # a hundredth: the QCFS teacher with lambda starting at 3 converts to lower thresholds, and its
+        # conversion (77.7 % at T = 4) fell to 34.1 % within one epoch at a tenth of the rate
+        ("_lr0.01x", 100, "converted_qcfs"),
         # from the Loihi conversion (reset to zero): the one whose student exports to NIR and Loihi
-        ("_loihi_lr0.1x", tenth, "converted_loihi"),
+        ("_loihi_lr0.1x", 10, "converted_loihi"),
     ):
+        lr = ("--lr", f"{HYPER.lr_per_1024 / fraction:g}") if fraction else ()
         name = f"student_lasnn_T4_from_converted{tag}{suffix}"
         init = (
             "--teacher",
@@ -185,7 +190,7 @@ def _profile(
             *out(name),
         )
         origin = "QCFS conversion" if source == "converted_qcfs" else "reset-to-zero conversion"
-        loss = f"lasnn (initialised from the {origin}" + (", lr x0.1)" if lr else ")")
+        loss = f"lasnn (initialised from the {origin}" + (f", lr x{1 / fraction:g})" if fraction else ")")
         rows.append(Row(name, "student", loss, "distill", init, needs=("teacher", source), timesteps=4))
     return rows
 
@@ -479,6 +484,11 @@ def main(argv: list[str] | None = None) -> int:
         help="extra convert options, e.g. '--timesteps 1,2,4,8,16,32 --test-samples 2000' (the default, "
         "the T <= 128 curve on all 10,000 test images, took ~30 min per conversion on the 2-core CPU)",
     )
+    parser.add_argument(
+        "--qcfs-args",
+        default="",
+        help="extra teach options for the QCFS teacher, e.g. '--qcfs-threshold 3' (give it its own --work)",
+    )
     parser.add_argument("--budget-minutes", type=float, help="start no new row after this much wall time")
     args = parser.parse_args(argv)
     work = args.work or {"cpu": "runs/cifar10", "tinyimagenet": "runs/tinyimagenet"}.get(
@@ -493,7 +503,8 @@ def main(argv: list[str] | None = None) -> int:
     device = ("--device", args.device) if args.device else ()
     extra = tuple(shlex.split(args.student_args))
     convert_extra = tuple(shlex.split(args.convert_args))
-    rows = _profile(args.profile, work, data, device, args.student_epochs, extra, convert_extra)
+    qcfs_extra = tuple(shlex.split(args.qcfs_args))
+    rows = _profile(args.profile, work, data, device, args.student_epochs, extra, convert_extra, qcfs_extra)
     names = {r.name for r in rows}
     wanted = args.rows.split(",") if args.rows else [r.name for r in rows]
     unknown = [w for w in wanted if w not in names]

@@ -35,6 +35,7 @@ from lasnn.distill.conversion_commands import student_from_converted
 from lasnn.distill.distributed import data_parallel, is_main_process
 from lasnn.distill.energy_loss import build_energy_term
 from lasnn.distill.losses import LOSSES, SCHEDULES, LossConfig, objective
+from lasnn.distill.qcfs import QCFS
 from lasnn.distill.spiking_layers import NeuronConfig
 from lasnn.distill.students import SpikingStudent, airbench_student, resnet_student, vgg_student
 from lasnn.distill.teachers import ACTIVATIONS, ARCHS, build_teacher, user_teacher, whiten_first_conv
@@ -206,12 +207,15 @@ def teach(
     recipe: str | None = None,
     activation: str | None = None,
     levels: int = 4,
+    qcfs_threshold: float | None = None,
 ) -> dict[str, Any]:
     """Train an ANN teacher; writes ``out/teacher.pt`` and ``out/metrics.json``, returns the metrics.
 
     ``activation`` (lasnn's teachers; default ReLU, airbench GELU): ``qcfs`` trains the QCFS teacher
     (``levels`` quantisation levels) that ``lasnn convert`` turns into IF neurons; airbench then pools
-    by averaging."""
+    by averaging. ``qcfs_threshold`` replaces the initial lambda of every QCFS layer (default: the
+    paper's 8.0, made for batch norms with a learnable scale; airbench's have none, so its pre-activations
+    stay near unit variance and lambda = 8 leaves most of them on the lowest two of the L + 1 levels)."""
     d = _defaults(dataset)
     recipe = recipe or d["recipe"]
     if not (width > 0 and math.isfinite(width)):
@@ -233,6 +237,7 @@ def teach(
         config = dict(arch=arch, in_shape=list(info.input_shape), num_classes=info.num_classes, width=width)
         config.update(_activation_config(arch, activation, levels))
         model = build_teacher(config)
+        _set_qcfs_threshold(model, activation, qcfs_threshold)
     elif ":" in arch:
         if activation is not None:
             raise LasnnError(f"--activation applies to lasnn's own teachers, not to --arch {arch}.")
@@ -290,6 +295,20 @@ def _activation_config(arch: str, activation: str | None, levels: int) -> dict[s
     if arch == "airbench" and activation == "qcfs":
         config["pool"] = "avg"  # convertible: spiking layers cannot max-pool
     return config
+
+
+def _set_qcfs_threshold(model: torch.nn.Module, activation: str | None, threshold: float | None) -> None:
+    """Start every QCFS layer's lambda at ``threshold`` (None: the activation's own initial value)."""
+    if threshold is None:
+        return
+    if activation != "qcfs":
+        raise LasnnError("--qcfs-threshold applies to QCFS teachers only; add --activation qcfs or drop it.")
+    if not (threshold > 0 and math.isfinite(threshold)):
+        raise LasnnError(f"--qcfs-threshold is {threshold!r}; expected a positive initial lambda like 3.")
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, QCFS):
+                module.threshold.fill_(threshold)
 
 
 def _load_init_state(model: torch.nn.Module, path: str) -> None:
@@ -616,6 +635,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="teacher nonlinearity (default relu, airbench gelu); qcfs: convertible by lasnn convert",
     )
     p.add_argument("--levels", type=int, default=4, help="QCFS quantisation levels L (default 4)")
+    p.add_argument(
+        "--qcfs-threshold",
+        type=float,
+        help="initial lambda of every QCFS layer (default 8, the paper's; ~3 suits airbench's scale-free BN)",
+    )
     p.add_argument("--out", required=True, help="output directory")
     _common(p)
     p.set_defaults(func=_teach_cli)
@@ -710,6 +734,7 @@ def _teach_cli(args: argparse.Namespace) -> int:
         recipe=args.recipe,
         activation=args.activation,
         levels=args.levels,
+        qcfs_threshold=args.qcfs_threshold,
     )
     if is_main_process():
         print(f"teacher test accuracy {metrics['test_accuracy']:.4f}; wrote {Path(args.out) / 'teacher.pt'}")

@@ -274,6 +274,18 @@ CASES = [
     ("teach-unknown-device", ["teach", "--device", "tpu", "--out", "{o}/t"], "tpu", ["{o}/t"]),
     ("teach-nan-width", ["teach", "--width", "nan", "--out", "{o}/t"], "--width", ["{o}/t"]),
     ("teach-zero-width", ["teach", "--width", "0", "--out", "{o}/t"], "--width", ["{o}/t"]),
+    (
+        "teach-qcfs-threshold-without-qcfs",
+        ["teach", "--qcfs-threshold", "3", "--out", "{o}/t"],
+        "--qcfs-threshold",
+        ["{o}/t"],
+    ),
+    (
+        "teach-negative-qcfs-threshold",
+        ["teach", "--activation", "qcfs", "--qcfs-threshold", "-1", "--out", "{o}/t"],
+        "--qcfs-threshold",
+        ["{o}/t"],
+    ),
     ("teach-out-under-file", ["teach", "--out", "{a}/afile/t"], "afile", []),
     (
         "teach-cifar-empty-root",

@@ -274,3 +274,28 @@ def test_airbench_recipe_keeps_qcfs_ranges_out_of_weight_decay() -> None:
     # the GELU teacher's BN scales are frozen too (airbench94's BatchNorm has none)
     gelu = airbench((3, 32, 32), 10, width=0.25)
     assert not any(m.weight.requires_grad for m in gelu.modules() if isinstance(m, nn.BatchNorm2d))
+
+
+def test_qcfs_threshold_option_sets_every_initial_lambda(tmp_path) -> None:
+    """``lasnn teach --qcfs-threshold`` starts every QCFS layer's lambda at the given value (airbench's
+    scale-free BN wants ~3, not the paper's 8): after an epoch at a negligible rate each lambda is still it,
+    and without the option it is the paper's 8."""
+    from lasnn.distill.checkpoints import load_teacher
+    from lasnn.distill.commands import teach
+
+    teach(
+        "digits",
+        str(tmp_path / "t"),
+        arch="small_cnn",
+        width=0.25,
+        activation="qcfs",
+        qcfs_threshold=2.5,
+        epochs=1,
+        lr=1e-9,
+        device="cpu",
+    )
+    teacher, _ = load_teacher(tmp_path / "t" / "teacher.pt")
+    lambdas = [float(m.threshold) for m in teacher.modules() if isinstance(m, QCFS)]
+    assert lambdas and lambdas == pytest.approx([2.5] * len(lambdas), abs=1e-4)
+    default = build_teacher(dict(arch="small_cnn", in_shape=[1, 8, 8], num_classes=10, activation="qcfs"))
+    assert {float(m.threshold) for m in default.modules() if isinstance(m, QCFS)} == {8.0}
