@@ -165,7 +165,7 @@ def _profile(
     # chance within the epoch), at a tenth of it (a fine-tune, as the energy sweep's) and at a hundredth
     from lasnn.distill.airbench_recipe import HYPER
 
-    for tag, fraction, source in (
+    for tag, divisor, source in (
         ("", None, "converted_qcfs"),
         ("_lr0.1x", 10, "converted_qcfs"),
         # a hundredth: the QCFS teacher with lambda starting at 3 converts to lower thresholds, and its
@@ -174,7 +174,7 @@ def _profile(
         # from the Loihi conversion (reset to zero): the one whose student exports to NIR and Loihi
         ("_loihi_lr0.1x", 10, "converted_loihi"),
     ):
-        lr = ("--lr", f"{HYPER.lr_per_1024 / fraction:g}") if fraction else ()
+        lr = ("--lr", f"{HYPER.lr_per_1024 / divisor:g}") if divisor else ()
         name = f"student_lasnn_T4_from_converted{tag}{suffix}"
         init = (
             "--teacher",
@@ -190,7 +190,7 @@ def _profile(
             *out(name),
         )
         origin = "QCFS conversion" if source == "converted_qcfs" else "reset-to-zero conversion"
-        loss = f"lasnn (initialised from the {origin}" + (f", lr x{1 / fraction:g})" if fraction else ")")
+        loss = f"lasnn (initialised from the {origin}" + (f", lr x{1 / divisor:g})" if divisor else ")")
         rows.append(Row(name, "student", loss, "distill", init, needs=("teacher", source), timesteps=4))
     return rows
 

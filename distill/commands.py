@@ -237,7 +237,6 @@ def teach(
         config = dict(arch=arch, in_shape=list(info.input_shape), num_classes=info.num_classes, width=width)
         config.update(_activation_config(arch, activation, levels))
         model = build_teacher(config)
-        _set_qcfs_threshold(model, activation, qcfs_threshold)
     elif ":" in arch:
         if activation is not None:
             raise LasnnError(f"--activation applies to lasnn's own teachers, not to --arch {arch}.")
@@ -246,6 +245,7 @@ def teach(
         raise LasnnError(
             f"--arch {arch!r} is unknown; expected one of {', '.join(ARCHS)} or 'module:function'."
         )
+    _set_qcfs_threshold(model, activation, qcfs_threshold)  # refused for user modules too (no QCFS there)
     if init_state:
         _load_init_state(model, init_state)
     else:
