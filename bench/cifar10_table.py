@@ -168,8 +168,8 @@ def _profile(
     for tag, divisor, source in (
         ("", None, "converted_qcfs"),
         ("_lr0.1x", 10, "converted_qcfs"),
-        # a hundredth: the QCFS teacher with lambda starting at 3 converts to lower thresholds, and its
-        # conversion (77.7 % at T = 4) fell to 34.1 % within one epoch at a tenth of the rate
+        # a hundredth: the conversion of the QCFS teacher with lambda starting at 3 (77.7 % at T = 4) fell
+        # to 34.1 % within one epoch at a tenth of the rate (before the decay fix; 80.3 % at a hundredth)
         ("_lr0.01x", 100, "converted_qcfs"),
         # from the Loihi conversion (reset to zero): the one whose student exports to NIR and Loihi
         ("_loihi_lr0.1x", 10, "converted_loihi"),

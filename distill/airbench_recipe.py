@@ -11,7 +11,8 @@ training loop (``training.fit`` uses these pieces when ``TrainSettings.recipe ==
   every other epoch from then on, so that every two epochs see both orientations of every image;
 - Nesterov SGD with *decoupled* hyperparameters: the learning rate is given per 1,024 examples and
   divided by the momentum's step gain ``1 + 1 / (1 - momentum)``; the weight decay per step does not
-  change with the learning rate; batch-norm biases learn 64x faster (airbench's ``bias_scaler``);
+  change with the learning rate (in a network with batch norms; without them, as a converted one, it
+  scales with the rate: ``scale_invariant``); batch-norm biases learn 64x faster (airbench's ``bias_scaler``);
 - a triangular learning rate (linear rise from 0.2x to 1x over the first 23 % of steps, linear fall to
   0.07x), the whitening conv's bias trained for the first 3 epochs only, label smoothing 0.2, and a
   lookahead of the weights every 5 steps with a decay that grows as ``(0.95^5) * progress^3`` (the
@@ -117,10 +118,13 @@ def optimizer(model: nn.Module, lr_per_1024: float, batch_size: int) -> torch.op
 
     airbench sums the loss over the batch; with a mean the gradient is 1/B of it, so the step size per
     example is kept by multiplying the per-example rate by B. PyTorch's weight decay is scaled by the
-    learning rate, so it is divided by the group's rate to keep the decay per step fixed."""
+    learning rate, so it is divided by the group's rate to keep the decay per step fixed (in a network
+    with batch norms; see ``scale_invariant`` for one without)."""
     gain = 1024 * (1 + 1 / (1 - HYPER.momentum))
     lr = lr_per_1024 / gain * batch_size
     decay_per_step = HYPER.weight_decay_per_1024 * batch_size / gain
+    if not scale_invariant(model):
+        decay_per_step *= lr_per_1024 / HYPER.lr_per_1024
     stem = whitening_bias(model)
     norm_biases, clip_levels, others = [], [], []
     for module in model.modules():
@@ -143,6 +147,18 @@ def optimizer(model: nn.Module, lr_per_1024: float, batch_size: int) -> torch.op
         dict(params=[stem] if stem is not None else [], lr=lr, weight_decay=decay_per_step / lr, stem=True),
     ]
     return torch.optim.SGD([g for g in groups if g["params"]], momentum=HYPER.momentum, nesterov=True)
+
+
+def scale_invariant(model: nn.Module) -> bool:
+    """Whether the network has batch norms, which undo the scale of the weights before them.
+
+    airbench's decay per step is independent of the learning rate because its weights feed batch norms:
+    there the decay only sets the effective step size. A network without them (a converted one: batch
+    norm folded into the weights, the thresholds fixed buffers) computes with the weights' scale, and a
+    fixed decay per step (~0.1 % at batch 512, ~9 % per CIFAR epoch) shrinks every layer's input current
+    whatever the rate: a fine-tune at a hundredth of the rate would be mostly decay. ``optimizer`` then
+    scales the decay with the rate, as coupled SGD weight decay does (airbench's decay at its own rate)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 def whitening_bias(model: nn.Module) -> nn.Parameter | None:

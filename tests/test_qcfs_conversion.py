@@ -247,6 +247,35 @@ def test_student_from_converted_starts_at_the_conversion(neuron: str | None) -> 
     assert all(g is not None for g in grads) and sum(float(g.abs().sum()) for g in grads) > 0
 
 
+def _shrink_per_step(net: nn.Module, lr_per_1024: float) -> float:
+    """How much one airbench step with zero gradients shrinks the net's first conv weight (1 - norm ratio)."""
+    from lasnn.distill import airbench_recipe
+
+    net = copy.deepcopy(net)
+    opt = airbench_recipe.optimizer(net, lr_per_1024, 512)
+    conv = next(m for m in net.modules() if isinstance(m, nn.Conv2d) and m.weight.requires_grad)
+    before = float(conv.weight.detach().norm())
+    for p in net.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    return 1.0 - float(conv.weight.detach().norm()) / before
+
+
+def test_converted_network_decay_follows_the_rate_batch_normed_one_does_not() -> None:
+    """A converted net computes with its weights' scale (no batch norm to undo it): a fine-tune at a
+    hundredth of the rate decays a hundredth as much per step. The batch-normed teacher keeps airbench's
+    decoupled decay, the same per step at any rate."""
+    from lasnn.distill import airbench_recipe
+
+    teacher = _tiny_airbench(3)
+    converted = trainable_from_converted(convert(teacher, torch.randn(4, 3, 16, 16), 4, reset="zero"), 4)
+    assert not airbench_recipe.scale_invariant(converted) and airbench_recipe.scale_invariant(teacher)
+    full, small = (_shrink_per_step(converted, lr) for lr in (11.5, 0.115))
+    assert full > 0 and small == pytest.approx(full / 100, rel=1e-3)
+    full, small = (_shrink_per_step(teacher.train(), lr) for lr in (11.5, 0.115))
+    assert full > 0 and small == pytest.approx(full, rel=1e-3)
+
+
 def test_airbench_recipe_keeps_qcfs_ranges_out_of_weight_decay() -> None:
     """Under the airbench optimiser lambda is not decayed toward 0 and the QCFS net's BN scales are frozen
     (with both learnable and decayed, the half-width QCFS teacher collapsed to chance in epoch 4)."""
