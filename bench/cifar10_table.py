@@ -165,17 +165,21 @@ def _profile(
     # chance within the epoch), at a tenth of it (a fine-tune, as the energy sweep's) and at a hundredth
     from lasnn.distill.airbench_recipe import HYPER
 
-    for tag, divisor, source in (
-        ("", None, "converted_qcfs"),
-        ("_lr0.1x", 10, "converted_qcfs"),
+    for tag, divisor, source, loss in (
+        ("", None, "converted_qcfs", "lasnn"),
+        ("_lr0.1x", 10, "converted_qcfs", "lasnn"),
         # a hundredth: the conversion of the QCFS teacher with lambda starting at 3 (77.7 % at T = 4) fell
         # to 34.1 % within one epoch at a tenth of the rate (before the decay fix; 80.3 % at a hundredth)
-        ("_lr0.01x", 100, "converted_qcfs"),
+        ("_lr0.01x", 100, "converted_qcfs", "lasnn"),
+        # the same fine-tune without the attention term (kd) and without the teacher (ce): does it earn
+        # its place when the student starts from a conversion?
+        ("_lr0.01x", 100, "converted_qcfs", "kd"),
+        ("_lr0.01x", 100, "converted_qcfs", "ce"),
         # from the Loihi conversion (reset to zero): the one whose student exports to NIR and Loihi
-        ("_loihi_lr0.1x", 10, "converted_loihi"),
+        ("_loihi_lr0.01x", 100, "converted_loihi", "lasnn"),
     ):
         lr = ("--lr", f"{HYPER.lr_per_1024 / divisor:g}") if divisor else ()
-        name = f"student_lasnn_T4_from_converted{tag}{suffix}"
+        name = f"student_{loss}_T4_from_converted{tag}{suffix}"
         init = (
             "--teacher",
             f"{work}/teacher",
@@ -185,13 +189,14 @@ def _profile(
             init_epochs,
             "--timesteps",
             "4",
+            *(("--loss", loss) if loss != "lasnn" else ()),
             *lr,
             *device,
             *out(name),
         )
         origin = "QCFS conversion" if source == "converted_qcfs" else "reset-to-zero conversion"
-        loss = f"lasnn (initialised from the {origin}" + (f", lr x{1 / divisor:g})" if divisor else ")")
-        rows.append(Row(name, "student", loss, "distill", init, needs=("teacher", source), timesteps=4))
+        label = f"{loss} (initialised from the {origin}" + (f", lr x{1 / divisor:g})" if divisor else ")")
+        rows.append(Row(name, "student", label, "distill", init, needs=("teacher", source), timesteps=4))
     return rows
 
 
@@ -351,7 +356,15 @@ def summary(rows: list[dict[str, Any]], chance: float = 0.1) -> dict[str, Any]:
         for conversion, (need, largest) in _conversion_steps(rows, lasnn["test_accuracy"]).items():
             out[f"{conversion}_T_within_1pt_of_lasnn_T{t}"] = need if need else f"> {largest}"
             out[f"{conversion}_latency_ratio_vs_lasnn_T{t}"] = need / t if need else f"> {largest / t:g}"
-    for student in filter(_from_conversion, rows):
+    from_conversion = {r["model"]: r for r in rows if _from_conversion(r)}
+    for model, student in from_conversion.items():
+        # the same fine-tune with another loss: the attention term's gain when starting from a conversion
+        for other in ("kd", "ce"):
+            twin = from_conversion.get(model.replace("student_lasnn_", f"student_{other}_", 1))
+            if model.startswith("student_lasnn_") and twin is not None:
+                gain = round(100 * (student["test_accuracy"] - twin["test_accuracy"]), 2)
+                out[f"lasnn_minus_{other}_{model.removeprefix('student_lasnn_')}_points"] = gain
+    for student in from_conversion.values():
         if student["test_accuracy"] < chance + WITHIN:
             out[f"latency_ratio_vs_{student['model']}"] = at_chance
             continue

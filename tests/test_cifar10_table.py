@@ -5,6 +5,7 @@
 - the latency ratio is the smallest T at which a conversion comes within 1 point of the student, over the
   student's T, and "> largest T / T" when the curve never gets there;
 - a student at chance gets no latency ratio (any conversion would "match" it at T = 1);
+- the attention term's gain from a conversion is taken against the same fine-tune with CE / KD;
 - the results files are written whole, conversion + distillation students included.
 """
 
@@ -72,6 +73,23 @@ def test_latency_ratios_from_the_curves() -> None:
     assert info["converted_loihi_latency_ratio_vs_lasnn_T2"] == "> 64"
     assert info["lasnn_minus_kd_T4_points"] == -0.74
     assert info["converted_qcfs_T_within_1pt_of_student_lasnn_T4_from_converted"] == 16
+
+
+def test_the_attention_term_gain_from_a_conversion_compares_the_same_fine_tune() -> None:
+    """LaSNN from a conversion is compared with the CE / KD fine-tune of the same conversion at the same
+    rate, not with another rate's row nor with the from-scratch students."""
+    rows = _rows(
+        _student("student_lasnn_T4_from_converted_lr0.01x", "lasnn (lr x0.01)", 4, 0.8034),
+        _student("student_kd_T4_from_converted_lr0.01x", "kd (lr x0.01)", 4, 0.7950),
+        _student("student_ce_T4_from_converted_lr0.01x", "ce (lr x0.01)", 4, 0.7812),
+        _student("student_ce_T4_from_converted_lr0.1x", "ce (lr x0.1)", 4, 0.30),
+        _student("student_ce_T4", "ce", 4, 0.59),
+    )
+    info = table.summary(rows)
+    assert info["lasnn_minus_kd_T4_from_converted_lr0.01x_points"] == 0.84
+    assert info["lasnn_minus_ce_T4_from_converted_lr0.01x_points"] == 2.22
+    assert "lasnn_minus_ce_T4_from_converted_lr0.1x_points" not in info  # no LaSNN row at that rate
+    assert "lasnn_minus_ce_T4_points" not in info  # no from-scratch LaSNN row
 
 
 def test_a_student_at_chance_gets_no_latency_ratio() -> None:
