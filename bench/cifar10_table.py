@@ -191,6 +191,7 @@ def _profile(
             "4",
             *(("--loss", loss) if loss != "lasnn" else ()),
             *lr,
+            *student_extra,  # e.g. --seed: the folder suffix says so, the command must too
             *device,
             *out(name),
         )

@@ -123,3 +123,15 @@ def test_results_files_hold_every_row(tmp_path: Path) -> None:
     assert markdown.count("| all |") == len(rows)  # every row on the whole test split
     assert stem.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
     assert not list(tmp_path.glob("*.tmp*"))  # nothing half-written left behind
+
+
+def test_extra_student_options_reach_every_student_row_they_name() -> None:
+    """``--student-args '--seed 1'`` renames every student's folder; each such row must also pass the
+    option, conversion + distillation rows included, or two folders would hold the same run."""
+    data = ("--dataset", "cifar10")
+    rows = table._profile("cpu", "w", data, (), 3, ("--seed", "1"))
+    students = [r for r in rows if r.kind == "student"]
+    assert any("from_converted" in r.name for r in students)
+    for row in students:
+        assert row.name.endswith("_e3_seed1"), row.name
+        assert ("--seed", "1") in zip(row.args, row.args[1:]), row.name
