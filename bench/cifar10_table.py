@@ -171,6 +171,7 @@ def _profile(
         # a hundredth: the conversion of the QCFS teacher with lambda starting at 3 (77.7 % at T = 4) fell
         # to 34.1 % within one epoch at a tenth of the rate (before the decay fix; 80.3 % at a hundredth)
         ("_lr0.01x", 100, "converted_qcfs", "lasnn"),
+        ("_lr0.03x", 100 / 3, "converted_qcfs", "lasnn"),  # between the two
         # the same fine-tune without the attention term (kd) and without the teacher (ce): does it earn
         # its place when the student starts from a conversion?
         ("_lr0.01x", 100, "converted_qcfs", "kd"),
