@@ -78,13 +78,14 @@ def test_latency_ratios_from_the_curves() -> None:
 def test_the_attention_term_gain_from_a_conversion_compares_the_same_fine_tune() -> None:
     """LaSNN from a conversion is compared with the CE / KD fine-tune of the same conversion at the same
     rate, not with another rate's row nor with the from-scratch students."""
-    rows = _rows(
-        _student("student_lasnn_T4_from_converted_lr0.01x", "lasnn (lr x0.01)", 4, 0.8034),
-        _student("student_kd_T4_from_converted_lr0.01x", "kd (lr x0.01)", 4, 0.7950),
-        _student("student_ce_T4_from_converted_lr0.01x", "ce (lr x0.01)", 4, 0.7812),
-        _student("student_ce_T4_from_converted_lr0.1x", "ce (lr x0.1)", 4, 0.30),
-        _student("student_ce_T4", "ce", 4, 0.59),
-    )
+    accuracies = {  # row name: top-1, every one at T = 4
+        "student_lasnn_T4_from_converted_lr0.01x": 0.8034,
+        "student_kd_T4_from_converted_lr0.01x": 0.7950,
+        "student_ce_T4_from_converted_lr0.01x": 0.7812,
+        "student_ce_T4_from_converted_lr0.1x": 0.30,
+        "student_ce_T4": 0.59,
+    }
+    rows = _rows(*(_student(name, name.split("_")[1], 4, top1) for name, top1 in accuracies.items()))
     info = table.summary(rows)
     assert info["lasnn_minus_kd_T4_from_converted_lr0.01x_points"] == 0.84
     assert info["lasnn_minus_ce_T4_from_converted_lr0.01x_points"] == 2.22
