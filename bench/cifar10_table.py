@@ -359,13 +359,15 @@ def summary(rows: list[dict[str, Any]], chance: float = 0.1) -> dict[str, Any]:
             out[f"{conversion}_T_within_1pt_of_lasnn_T{t}"] = need if need else f"> {largest}"
             out[f"{conversion}_latency_ratio_vs_lasnn_T{t}"] = need / t if need else f"> {largest / t:g}"
     from_conversion = {r["model"]: r for r in rows if _from_conversion(r)}
+    # the same fine-tune with another loss: the attention term's gain when starting from a conversion
     for model, student in from_conversion.items():
-        # the same fine-tune with another loss: the attention term's gain when starting from a conversion
+        if not model.startswith("student_lasnn_"):
+            continue
+        fine_tune = model.removeprefix("student_lasnn_")
         for other in ("kd", "ce"):
-            twin = from_conversion.get(model.replace("student_lasnn_", f"student_{other}_", 1))
-            if model.startswith("student_lasnn_") and twin is not None:
+            if (twin := from_conversion.get(f"student_{other}_{fine_tune}")) is not None:
                 gain = round(100 * (student["test_accuracy"] - twin["test_accuracy"]), 2)
-                out[f"lasnn_minus_{other}_{model.removeprefix('student_lasnn_')}_points"] = gain
+                out[f"lasnn_minus_{other}_{fine_tune}_points"] = gain
     for student in from_conversion.values():
         if student["test_accuracy"] < chance + WITHIN:
             out[f"latency_ratio_vs_{student['model']}"] = at_chance
