@@ -136,3 +136,26 @@ def test_extra_student_options_reach_every_student_row_they_name() -> None:
     for row in students:
         assert row.name.endswith("_e3_seed1"), row.name
         assert ("--seed", "1") in zip(row.args, row.args[1:], strict=False), row.name
+
+
+def test_a_wider_qcfs_teacher_gets_its_own_rows_down_to_the_students_it_seeds() -> None:
+    """``--qcfs-width 1.0`` must rename the QCFS teacher, both conversions and every student started from
+    them, and each must read its own source: a width-1 student initialised from the half-width conversion
+    (or a half-width folder overwritten) would be a silent mix-up; the default keeps yesterday's names."""
+    data = ("--dataset", "cifar10")
+    rows = {r.name: r for r in table._profile("cpu", "w", data, (), 3, qcfs_width="1.0")}
+    teacher = rows["teacher_qcfs_w1.0"]
+    assert teacher.args[teacher.args.index("--width") + 1] == "1.0"
+    for name in ("converted_qcfs_w1.0", "converted_loihi_w1.0"):
+        assert rows[name].needs == ("teacher_qcfs_w1.0",)
+        assert rows[name].args[rows[name].args.index("--teacher") + 1] == "w/teacher_qcfs_w1.0"
+    seeded = [r for r in rows.values() if "from_converted" in r.name]
+    assert {r.timesteps for r in seeded} == {2, 4}
+    for row in seeded:
+        assert "_from_converted_w1.0" in row.name, row.name
+        source = row.args[row.args.index("--init-from") + 1]
+        assert source == f"w/{row.needs[1]}/student.pt" and row.needs[1].endswith("_w1.0"), row.name
+        assert row.args[row.args.index("--timesteps") + 1] == str(row.timesteps), row.name
+    default = {r.name for r in table._profile("cpu", "w", data, (), 3)}
+    assert {"teacher_qcfs", "converted_qcfs", "student_lasnn_T4_from_converted_lr0.01x_e3"} <= default
+    assert not any("_w" in name for name in default)
