@@ -99,6 +99,7 @@ def _profile(
         recipe = ("--recipe", "airbench", "--batch-size", "512")
         teacher_arch, student = (*teacher_arch, *recipe), (*student, *recipe, "--beta", "0.3")
     qsuffix = f"_w{qcfs_width}" if qcfs_width else ""
+    qcfs_teacher = f"teacher_qcfs{qsuffix}"
     qcfs_width = qcfs_width or ("0.25" if smoke else "0.5")
     if student_extra:  # other student options: their own folders too
         suffix += "_" + "".join(c if c.isalnum() else "-" for c in "".join(student_extra).strip("-"))
@@ -111,7 +112,7 @@ def _profile(
     rows = [
         Row("teacher", "teacher", "ce", "teach", (*data, *teacher_arch, *sized, *device, *out("teacher"))),
         Row(
-            f"teacher_qcfs{qsuffix}",
+            qcfs_teacher,
             "teacher",
             "ce (QCFS activation)",
             "teach",
@@ -126,7 +127,7 @@ def _profile(
                 teacher_epochs,
                 *qcfs_extra,
                 *device,
-                *out(f"teacher_qcfs{qsuffix}"),
+                *out(qcfs_teacher),
             ),
         ),
     ]
@@ -136,14 +137,15 @@ def _profile(
     }
     for row, (loss, reset, shift) in conversions.items():
         row += qsuffix
-        args = ["--teacher", f"{work}/teacher_qcfs{qsuffix}", "--reset", reset]
+        args = ["--teacher", f"{work}/{qcfs_teacher}", "--reset", reset]
         if "--timesteps" not in convert_extra:
             args += ["--timesteps", CONVERT_T]
         if shift:
             args.append("--shift")
         args += convert_extra
-        needs = (f"teacher_qcfs{qsuffix}",)
-        rows.append(Row(row, "converted", loss, "convert", (*args, *device, *out(row)), needs=needs))
+        rows.append(
+            Row(row, "converted", loss, "convert", (*args, *device, *out(row)), needs=(qcfs_teacher,))
+        )
     common = (
         "--teacher",
         f"{work}/teacher",
@@ -337,12 +339,14 @@ def _from_conversion(row: dict[str, Any]) -> bool:
 
 def _conversion_steps(rows: list[dict[str, Any]], target: float) -> dict[str, tuple[int | None, int]]:
     """Per conversion present: the T it needs to come within 1 point of ``target`` and its largest T."""
-    out = {}
-    for conversion in sorted({r["model"] for r in rows if r["kind"] == "converted"}, reverse=True):
-        curve = [r for r in rows if r["model"] == conversion]
-        if curve:
-            out[conversion] = (needed_steps(curve, target), max(int(r["timesteps"]) for r in curve))
-    return out
+    curves: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        if r["kind"] == "converted":
+            curves.setdefault(r["model"], []).append(r)
+    return {
+        conversion: (needed_steps(curve, target), max(int(r["timesteps"]) for r in curve))
+        for conversion, curve in sorted(curves.items(), reverse=True)
+    }
 
 
 def summary(rows: list[dict[str, Any]], chance: float = 0.1) -> dict[str, Any]:
@@ -535,8 +539,8 @@ def main(argv: list[str] | None = None) -> int:
     extra = tuple(shlex.split(args.student_args))
     convert_extra = tuple(shlex.split(args.convert_args))
     qcfs_extra = tuple(shlex.split(args.qcfs_args))
-    sizes = (args.student_epochs, extra, convert_extra, qcfs_extra, args.qcfs_width)
-    rows = _profile(args.profile, work, data, device, *sizes)
+    options = (args.student_epochs, extra, convert_extra, qcfs_extra, args.qcfs_width)
+    rows = _profile(args.profile, work, data, device, *options)
     names = {r.name for r in rows}
     wanted = args.rows.split(",") if args.rows else [r.name for r in rows]
     unknown = [w for w in wanted if w not in names]
