@@ -71,11 +71,14 @@ def _profile(
     convert_extra: tuple[str, ...] = (),
     qcfs_extra: tuple[str, ...] = (),
     qcfs_width: str | None = None,
+    qcfs_from_teacher: int | None = None,
 ) -> list[Row]:
     """The rows of a profile, in the order they run (what the comparison needs most comes first);
     ``work`` holds every row's output folder. ``student_epochs`` shortens (or lengthens) every student;
     such rows get their own folders (suffix ``_e<epochs>``); so does ``qcfs_width`` (the QCFS teacher's
-    width, default half) for the QCFS teacher, its conversions and their students (suffix ``_w<width>``)."""
+    width, default half) for the QCFS teacher, its conversions and their students (suffix ``_w<width>``),
+    and ``qcfs_from_teacher`` (the QCFS teacher fine-tuned that many epochs from the trained teacher row,
+    ``teach --init-from``; suffix ``_ft<epochs>``; needs the QCFS width to equal the teacher's)."""
     sizes = {
         # name: (teacher width, student widths, teacher epochs, student epochs, init-from epochs)
         "cpu": ("1.0", "32,128,128", "10", "10", "5"),
@@ -99,8 +102,14 @@ def _profile(
         recipe = ("--recipe", "airbench", "--batch-size", "512")
         teacher_arch, student = (*teacher_arch, *recipe), (*student, *recipe, "--beta", "0.3")
     qsuffix = f"_w{qcfs_width}" if qcfs_width else ""
-    qcfs_teacher = f"teacher_qcfs{qsuffix}"
     qcfs_width = qcfs_width or ("0.25" if smoke else "0.5")
+    qcfs_epochs, qcfs_needs, qcfs_start = teacher_epochs, (), ()
+    if qcfs_from_teacher is not None:
+        qsuffix += f"_ft{qcfs_from_teacher}"
+        qcfs_width = teacher_width  # --init-from needs the teacher's width
+        qcfs_epochs, qcfs_needs = str(qcfs_from_teacher), ("teacher",)
+        qcfs_start = ("--init-from", f"{work}/teacher")
+    qcfs_teacher = f"teacher_qcfs{qsuffix}"
     if student_extra:  # other student options: their own folders too
         suffix += "_" + "".join(c if c.isalnum() else "-" for c in "".join(student_extra).strip("-"))
 
@@ -124,11 +133,13 @@ def _profile(
                 "--width",
                 qcfs_width,
                 "--epochs",
-                teacher_epochs,
+                qcfs_epochs,
+                *qcfs_start,
                 *qcfs_extra,
                 *device,
                 *out(qcfs_teacher),
             ),
+            needs=qcfs_needs,
         ),
     ]
     conversions = {
@@ -524,6 +535,13 @@ def main(argv: list[str] | None = None) -> int:
         help="width of the QCFS teacher (default 0.5); its rows, conversions and their students get the "
         "suffix _w<width>",
     )
+    parser.add_argument(
+        "--qcfs-from-teacher",
+        type=int,
+        metavar="EPOCHS",
+        help="fine-tune the QCFS teacher this many epochs from the trained teacher row (teach --init-from, "
+        "lambdas calibrated) instead of training it from scratch; its rows get the suffix _ft<EPOCHS>",
+    )
     parser.add_argument("--budget-minutes", type=float, help="start no new row after this much wall time")
     args = parser.parse_args(argv)
     work = args.work or {"cpu": "runs/cifar10", "tinyimagenet": "runs/tinyimagenet"}.get(
@@ -539,7 +557,9 @@ def main(argv: list[str] | None = None) -> int:
     extra = tuple(shlex.split(args.student_args))
     convert_extra = tuple(shlex.split(args.convert_args))
     qcfs_extra = tuple(shlex.split(args.qcfs_args))
-    options = (args.student_epochs, extra, convert_extra, qcfs_extra, args.qcfs_width)
+    if args.qcfs_from_teacher is not None and args.qcfs_from_teacher < 1:
+        parser.error(f"--qcfs-from-teacher is {args.qcfs_from_teacher}; expected a positive number of epochs")
+    options = (args.student_epochs, extra, convert_extra, qcfs_extra, args.qcfs_width, args.qcfs_from_teacher)
     rows = _profile(args.profile, work, data, device, *options)
     names = {r.name for r in rows}
     wanted = args.rows.split(",") if args.rows else [r.name for r in rows]

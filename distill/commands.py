@@ -38,6 +38,7 @@ from lasnn.distill.losses import LOSSES, SCHEDULES, LossConfig, objective
 from lasnn.distill.qcfs import QCFS
 from lasnn.distill.spiking_layers import NeuronConfig
 from lasnn.distill.students import SpikingStudent, airbench_student, resnet_student, vgg_student
+from lasnn.distill.teacher_init import calibrate_qcfs, copy_weights, freeze_whitening, load_source_teacher
 from lasnn.distill.teachers import ACTIVATIONS, ARCHS, build_teacher, user_teacher, whiten_first_conv
 from lasnn.distill.training import TrainSettings, fit, resolve_device
 from lasnn.encoding import ENCODINGS
@@ -104,6 +105,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     ),
 }
 DEFAULT_BETA = 10.0
+CALIBRATION_IMAGES = 512  # training images that set QCFS lambdas in teach --init-from (one batch's worth)
 
 
 def default_lr(batch_size: int, recipe: str = "sgd") -> float:
@@ -208,6 +210,7 @@ def teach(
     activation: str | None = None,
     levels: int = 4,
     qcfs_threshold: float | None = None,
+    init_from: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Train an ANN teacher; writes ``out/teacher.pt`` and ``out/metrics.json``, returns the metrics.
 
@@ -215,7 +218,10 @@ def teach(
     (``levels`` quantisation levels) that ``lasnn convert`` turns into IF neurons; airbench then pools
     by averaging. ``qcfs_threshold`` replaces the initial lambda of every QCFS layer (default: the
     paper's 8.0, made for batch norms with a learnable scale; airbench's have none, so its pre-activations
-    stay near unit variance and lambda = 8 leaves most of them on the lowest two of the L + 1 levels)."""
+    stay near unit variance and lambda = 8 leaves most of them on the lowest two of the L + 1 levels).
+    ``init_from`` (a trained teacher of the same arch and width, e.g. the GELU airbench one) starts the
+    run from its weights; each QCFS lambda is then calibrated on training images (``teacher_init``)
+    unless ``qcfs_threshold`` is given, and the run is a fine-tune of ``epochs`` epochs."""
     d = _defaults(dataset)
     recipe = recipe or d["recipe"]
     if not (width > 0 and math.isfinite(width)):
@@ -246,8 +252,19 @@ def teach(
             f"--arch {arch!r} is unknown; expected one of {', '.join(ARCHS)} or 'module:function'."
         )
     _set_qcfs_threshold(model, activation, qcfs_threshold)  # refused for user modules too (no QCFS there)
+    calibrated: list[float] = []
+    if init_state and init_from:
+        raise LasnnError("--init-state and --init-from both start the weights; pass one of them.")
     if init_state:
         _load_init_state(model, init_state)
+    elif init_from:
+        if ":" in arch:
+            raise LasnnError(f"--init-from starts lasnn's own teachers, not --arch {arch}; use --init-state.")
+        copy_weights(load_source_teacher(init_from, model.config), model)
+        freeze_whitening(model)
+        if activation == "qcfs" and qcfs_threshold is None and not resume:  # a resume restores lambda
+            order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed))
+            calibrated = calibrate_qcfs(model, train_set.normalised(order[:CALIBRATION_IMAGES]))
     else:
         whiten_stem(model, train_set, seed)
     if recipe == "airbench":
@@ -263,6 +280,8 @@ def teach(
         return loss, logits, {"ce": float(loss.detach())}
 
     run_config = {"verb": "teach", "dataset": dataset, "model": model.config}
+    if init_from:
+        run_config["init_from"] = str(teacher_path_of(init_from))
     metrics = fit(
         model, loss_fn, forward, train_set, test_set, settings, out, run_config, resume, desc=f"teach {arch}"
     )
@@ -273,6 +292,10 @@ def teach(
         recipe=recipe,
     )
     metrics = {**metrics, "dataset": dataset, "arch": arch, "recipe": recipe, "parameters": _count(model)}
+    if init_from:
+        metrics["init_from"] = str(teacher_path_of(init_from))
+        if calibrated:
+            metrics["calibrated_qcfs_thresholds"] = [round(v, 4) for v in calibrated]
     if is_main_process():  # under torchrun, rank 0 writes
         save_teacher(out / "teacher.pt", model.cpu(), model.config, metadata)
         write_json(out / "metrics.json", metrics)
@@ -630,6 +653,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--width", type=float, default=1.0, help="channel width multiplier of lasnn's teachers")
     p.add_argument("--init-state", help="state dict to start a module:function model from")
     p.add_argument(
+        "--init-from",
+        help="teacher.pt (or its folder) of the same --arch/--width to start from, e.g. the GELU airbench "
+        "teacher for a QCFS one (lambdas calibrated on training images unless --qcfs-threshold)",
+    )
+    p.add_argument(
         "--activation",
         choices=ACTIVATIONS,
         help="teacher nonlinearity (default relu, airbench gelu); qcfs: convertible by lasnn convert",
@@ -735,6 +763,7 @@ def _teach_cli(args: argparse.Namespace) -> int:
         activation=args.activation,
         levels=args.levels,
         qcfs_threshold=args.qcfs_threshold,
+        init_from=args.init_from,
     )
     if is_main_process():
         print(f"teacher test accuracy {metrics['test_accuracy']:.4f}; wrote {Path(args.out) / 'teacher.pt'}")

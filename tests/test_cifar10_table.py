@@ -159,3 +159,20 @@ def test_a_wider_qcfs_teacher_gets_its_own_rows_down_to_the_students_it_seeds() 
     default = {r.name for r in table._profile("cpu", "w", data, (), 3)}
     assert {"teacher_qcfs", "converted_qcfs", "student_lasnn_T4_from_converted_lr0.01x_e3"} <= default
     assert not any("_w" in name for name in default)
+
+
+def test_a_qcfs_teacher_from_the_teacher_needs_it_and_names_its_rows() -> None:
+    """``--qcfs-from-teacher 3``: the QCFS teacher starts from the trained teacher row (``--init-from``,
+    so it must run after it), trains 3 epochs at the teacher's width, and every row downstream of it
+    carries ``_ft3``: a conversion of the from-scratch QCFS teacher must never be read in its place."""
+    data = ("--dataset", "cifar10")
+    rows = {r.name: r for r in table._profile("cpu", "w", data, (), 3, qcfs_width="1.0", qcfs_from_teacher=3)}
+    teacher = rows["teacher_qcfs_w1.0_ft3"]
+    assert teacher.needs == ("teacher",)
+    args = dict(zip(teacher.args, teacher.args[1:], strict=False))
+    assert (args["--init-from"], args["--epochs"], args["--width"]) == ("w/teacher", "3", "1.0")
+    assert rows["converted_qcfs_w1.0_ft3"].needs == ("teacher_qcfs_w1.0_ft3",)
+    seeded = [r for r in rows.values() if "from_converted" in r.name]
+    assert seeded and all("_from_converted_w1.0_ft3" in r.name for r in seeded)
+    assert all(r.needs[1].endswith("_ft3") for r in seeded)
+    assert "teacher_qcfs_w1.0" not in rows
