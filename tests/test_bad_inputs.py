@@ -311,6 +311,18 @@ CASES = [
         "missing.pt",
         ["{o}/t"],
     ),
+    (
+        "teach-init-from-missing",
+        ["teach", "--init-from", "{a}/missing_teacher", "--out", "{o}/t"],
+        "missing_teacher",
+        ["{o}/t"],
+    ),
+    (
+        "teach-init-from-random-bytes",
+        ["teach", "--activation", "qcfs", "--init-from", "{a}/random.pt", "--out", "{o}/t"],
+        "random.pt",
+        ["{o}/t"],
+    ),
     # --resume into a folder whose training state is damaged (the folder must be left as it was)
     (
         "teach-resume-random-bytes-state",
