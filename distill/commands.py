@@ -262,7 +262,8 @@ def teach(
             raise LasnnError(f"--init-from starts lasnn's own teachers, not --arch {arch}; use --init-state.")
         copy_weights(load_source_teacher(init_from, model.config), model)
         freeze_whitening(model)
-        if activation == "qcfs" and qcfs_threshold is None and not resume:  # a resume restores lambda
+        # also on --resume (the checkpoint then replaces lambda; deterministic, so the metrics list the same)
+        if activation == "qcfs" and qcfs_threshold is None:
             order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed))
             calibrated = calibrate_qcfs(model, train_set.normalised(order[:CALIBRATION_IMAGES]))
     else:
@@ -280,8 +281,9 @@ def teach(
         return loss, logits, {"ce": float(loss.detach())}
 
     run_config = {"verb": "teach", "dataset": dataset, "model": model.config}
-    if init_from:
-        run_config["init_from"] = str(teacher_path_of(init_from))
+    source = str(teacher_path_of(init_from)) if init_from else None
+    if source:
+        run_config["init_from"] = source
     metrics = fit(
         model, loss_fn, forward, train_set, test_set, settings, out, run_config, resume, desc=f"teach {arch}"
     )
@@ -292,8 +294,8 @@ def teach(
         recipe=recipe,
     )
     metrics = {**metrics, "dataset": dataset, "arch": arch, "recipe": recipe, "parameters": _count(model)}
-    if init_from:
-        metrics["init_from"] = str(teacher_path_of(init_from))
+    if source:
+        metrics["init_from"] = source
         if calibrated:
             metrics["calibrated_qcfs_thresholds"] = [round(v, 4) for v in calibrated]
     if is_main_process():  # under torchrun, rank 0 writes
