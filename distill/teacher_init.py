@@ -21,7 +21,7 @@ from torch import nn
 from lasnn.distill.checkpoints import load_teacher, teacher_path_of
 from lasnn.distill.conversion import percentile
 from lasnn.distill.qcfs import QCFS
-from lasnn.distill.teachers import WHITEN_KERNEL
+from lasnn.distill.teachers import whitening_conv
 from lasnn.errors import LasnnError
 
 # the architecture keys that must agree (activation and pooling may differ: they carry no weights)
@@ -73,8 +73,8 @@ def copy_weights(source: nn.Module, target: nn.Module) -> list[str]:
 
 def freeze_whitening(model: nn.Module) -> None:
     """Keep a copied 2x2 patch-whitening first conv frozen, as ``teachers.whiten_first_conv`` leaves it."""
-    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    if first is not None and tuple(first.kernel_size) == (WHITEN_KERNEL, WHITEN_KERNEL):
+    first = whitening_conv(model)
+    if first is not None:
         first.weight.requires_grad_(False)
 
 

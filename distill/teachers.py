@@ -231,6 +231,14 @@ def airbench(
     return StagedTeacher(stages, head, config)
 
 
+def whitening_conv(model: nn.Module) -> nn.Conv2d | None:
+    """The network's first conv if it has the whitening conv's shape (2x2 kernel, 2 x C x 4 channels)."""
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if first is None or tuple(first.kernel_size) != (WHITEN_KERNEL, WHITEN_KERNEL):
+        return None
+    return first if first.out_channels == 2 * first.in_channels * WHITEN_KERNEL**2 else None
+
+
 def whiten_first_conv(model: nn.Module, images: torch.Tensor, eps: float = 5e-4) -> nn.Conv2d | None:
     """Set a network's first conv (if it is a 2x2 whitening conv of 2 x C x 4 channels) to patch whitening.
 
@@ -238,13 +246,11 @@ def whiten_first_conv(model: nn.Module, images: torch.Tensor, eps: float = 5e-4)
     ``[N, C, H, W]``), scaled by 1/sqrt(eigenvalue + eps), and their negatives (so that a ReLU-like
     activation keeps both signs); they are then frozen. Returns the conv, or None if there is none.
     """
-    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    if first is None or tuple(first.kernel_size) != (WHITEN_KERNEL, WHITEN_KERNEL):
+    first = whitening_conv(model)
+    if first is None:
         return None
     c = first.in_channels
     dims = c * WHITEN_KERNEL**2
-    if first.out_channels != 2 * dims:
-        return None
     patches = images.double().unfold(2, WHITEN_KERNEL, 1).unfold(3, WHITEN_KERNEL, 1)  # N C H' W' k k
     patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, dims)
     covariance = patches.T @ patches / len(patches)
