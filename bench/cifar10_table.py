@@ -72,13 +72,16 @@ def _profile(
     qcfs_extra: tuple[str, ...] = (),
     qcfs_width: str | None = None,
     qcfs_from_teacher: int | None = None,
+    qcfs_kd: bool = False,
 ) -> list[Row]:
     """The rows of a profile, in the order they run (what the comparison needs most comes first);
     ``work`` holds every row's output folder. ``student_epochs`` shortens (or lengthens) every student;
     such rows get their own folders (suffix ``_e<epochs>``); so does ``qcfs_width`` (the QCFS teacher's
     width, default half) for the QCFS teacher, its conversions and their students (suffix ``_w<width>``),
     and ``qcfs_from_teacher`` (the QCFS teacher fine-tuned that many epochs from the trained teacher row,
-    ``teach --init-from``; suffix ``_ft<epochs>``; needs the QCFS width to equal the teacher's)."""
+    ``teach --init-from``; suffix ``_ft<epochs>``; needs the QCFS width to equal the teacher's), and
+    ``qcfs_kd`` (the QCFS teacher also learns the teacher row's logits, ``teach --kd-from``; suffix
+    ``_kd``)."""
     sizes = {
         # name: (teacher width, student widths, teacher epochs, student epochs, init-from epochs)
         "cpu": ("1.0", "32,128,128", "10", "10", "5"),
@@ -109,6 +112,10 @@ def _profile(
         qcfs_width = teacher_width  # --init-from needs the teacher's width
         qcfs_epochs, qcfs_needs = str(qcfs_from_teacher), ("teacher",)
         qcfs_start = ("--init-from", f"{work}/teacher")
+    if qcfs_kd:
+        qsuffix += "_kd"
+        qcfs_needs = ("teacher",)
+        qcfs_start += ("--kd-from", f"{work}/teacher")
     qcfs_teacher = f"teacher_qcfs{qsuffix}"
     if student_extra:  # other student options: their own folders too
         suffix += "_" + "".join(c if c.isalnum() else "-" for c in "".join(student_extra).strip("-"))
@@ -542,6 +549,12 @@ def main(argv: list[str] | None = None) -> int:
         help="fine-tune the QCFS teacher this many epochs from the trained teacher row (teach --init-from, "
         "lambdas calibrated) instead of training it from scratch; its rows get the suffix _ft<EPOCHS>",
     )
+    parser.add_argument(
+        "--qcfs-kd",
+        action="store_true",
+        help="the QCFS teacher also learns the teacher row's softened logits (teach --kd-from); its rows "
+        "get the suffix _kd",
+    )
     parser.add_argument("--budget-minutes", type=float, help="start no new row after this much wall time")
     args = parser.parse_args(argv)
     work = args.work or {"cpu": "runs/cifar10", "tinyimagenet": "runs/tinyimagenet"}.get(
@@ -560,7 +573,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.qcfs_from_teacher is not None and args.qcfs_from_teacher < 1:
         parser.error(f"--qcfs-from-teacher is {args.qcfs_from_teacher}; expected a positive number of epochs")
     options = (args.student_epochs, extra, convert_extra, qcfs_extra, args.qcfs_width, args.qcfs_from_teacher)
-    rows = _profile(args.profile, work, data, device, *options)
+    rows = _profile(args.profile, work, data, device, *options, qcfs_kd=args.qcfs_kd)
     names = {r.name for r in rows}
     wanted = args.rows.split(",") if args.rows else [r.name for r in rows]
     unknown = [w for w in wanted if w not in names]

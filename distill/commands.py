@@ -34,7 +34,7 @@ from lasnn.distill.checkpoints import (
 from lasnn.distill.conversion_commands import student_from_converted
 from lasnn.distill.distributed import data_parallel, is_main_process
 from lasnn.distill.energy_loss import build_energy_term
-from lasnn.distill.losses import LOSSES, SCHEDULES, LossConfig, objective
+from lasnn.distill.losses import LOSSES, SCHEDULES, LossConfig, kd_term, objective
 from lasnn.distill.qcfs import QCFS
 from lasnn.distill.spiking_layers import NeuronConfig
 from lasnn.distill.students import SpikingStudent, airbench_student, resnet_student, vgg_student
@@ -211,6 +211,9 @@ def teach(
     levels: int = 4,
     qcfs_threshold: float | None = None,
     init_from: str | os.PathLike | None = None,
+    kd_from: str | os.PathLike | None = None,
+    kd_alpha: float = 1.0,
+    kd_tau: float = 4.0,
 ) -> dict[str, Any]:
     """Train an ANN teacher; writes ``out/teacher.pt`` and ``out/metrics.json``, returns the metrics.
 
@@ -221,7 +224,11 @@ def teach(
     stay near unit variance and lambda = 8 leaves most of them on the lowest two of the L + 1 levels).
     ``init_from`` (a trained teacher of the same arch and width, e.g. the GELU airbench one) starts the
     run from its weights; each QCFS lambda is then calibrated on training images (``teacher_init``)
-    unless ``qcfs_threshold`` is given, and the run is a fine-tune of ``epochs`` epochs."""
+    unless ``qcfs_threshold`` is given, and the run is a fine-tune of ``epochs`` epochs.
+    ``kd_from`` (any trained teacher of the same data set) adds ``kd_alpha * kd_tau^2 * KL`` between its
+    softened logits and this model's to the loss (Hinton et al. 2015): the QCFS teacher, which bounds every
+    converted student, can then learn from the stronger GELU one while keeping its own from-scratch
+    training, whose conversion tolerates few steps better than a net started from GELU weights."""
     d = _defaults(dataset)
     recipe = recipe or d["recipe"]
     if not (width > 0 and math.isfinite(width)):
@@ -252,6 +259,7 @@ def teach(
             f"--arch {arch!r} is unknown; expected one of {', '.join(ARCHS)} or 'module:function'."
         )
     _set_qcfs_threshold(model, activation, qcfs_threshold)  # refused for user modules too (no QCFS there)
+    kd_source = _kd_source(kd_from, kd_alpha, kd_tau, dataset, info) if kd_from else None
     calibrated: list[float] = []
     if init_state and init_from:
         raise LasnnError("--init-state and --init-from both start the weights; pass one of them.")
@@ -275,15 +283,28 @@ def teach(
     forward = torch.compile(model, dynamic=False) if compile else model
     train_forward = data_parallel(model, settings.device, forward, compile=compile)  # DDP under torchrun
 
+    if kd_source is not None:
+        kd_source.to(settings.device)
+        if recipe == "airbench":
+            kd_source.to(memory_format=torch.channels_last)
+
     def loss_fn(images: torch.Tensor, labels: torch.Tensor, _progress: float):
         logits = train_forward(images)
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=smoothing)
-        return loss, logits, {"ce": float(loss.detach())}
+        ce = F.cross_entropy(logits.float(), labels, label_smoothing=smoothing)
+        if kd_source is None:
+            return ce, logits, {"ce": float(ce.detach())}
+        with torch.no_grad():
+            source_logits = kd_source(images)
+        kd = kd_term(logits, source_logits, kd_tau)
+        return ce + kd_alpha * kd, logits, {"ce": float(ce.detach()), "kd": float(kd.detach())}
 
     run_config = {"verb": "teach", "dataset": dataset, "model": model.config}
     source = str(teacher_path_of(init_from)) if init_from else None
     if source:
         run_config["init_from"] = source
+    kd_file = str(teacher_path_of(kd_from)) if kd_from else None
+    if kd_file:  # a resumed run must keep the same source and weights
+        run_config["kd"] = {"from": kd_file, "alpha": kd_alpha, "tau": kd_tau}
     metrics = fit(
         model, loss_fn, forward, train_set, test_set, settings, out, run_config, resume, desc=f"teach {arch}"
     )
@@ -294,6 +315,8 @@ def teach(
         recipe=recipe,
     )
     metrics = {**metrics, "dataset": dataset, "arch": arch, "recipe": recipe, "parameters": _count(model)}
+    if kd_file:
+        metrics["kd"] = run_config["kd"]
     if source:
         metrics["init_from"] = source
         if calibrated:
@@ -320,6 +343,33 @@ def _activation_config(arch: str, activation: str | None, levels: int) -> dict[s
     if arch == "airbench" and activation == "qcfs":
         config["pool"] = "avg"  # convertible: spiking layers cannot max-pool
     return config
+
+
+def _kd_source(path: str | os.PathLike, alpha: float, tau: float, dataset: str, info: Any) -> torch.nn.Module:
+    """The frozen teacher whose logits ``teach --kd-from`` distils, checked to fit this data set."""
+    for flag, value, ok, expected in (
+        ("--kd-alpha", alpha, alpha >= 0, "a non-negative weight like 1"),
+        ("--kd-tau", tau, tau > 0, "a positive temperature like 4"),
+    ):
+        if not (math.isfinite(value) and ok):
+            raise LasnnError(f"{flag} is {value!r}; expected {expected}.")
+    file = teacher_path_of(path)
+    if not file.is_file():
+        raise LasnnError(f"--kd-from {path} has no teacher.pt; pass a folder or file written by lasnn teach.")
+    source, blob = load_teacher(file)
+    meta = blob["metadata"]
+    if (
+        meta.get("dataset") != dataset
+        or meta.get("num_classes") != info.num_classes
+        or list(meta.get("input_shape", ())) != list(info.input_shape)
+    ):
+        raise LasnnError(
+            f"--kd-from {file} was trained on {meta.get('dataset')} ({meta.get('num_classes')} classes of "
+            f"shape {tuple(meta.get('input_shape', ()))}), not on {dataset}; pass a teacher of this data set."
+        )
+    for parameter in source.parameters():
+        parameter.requires_grad_(False)
+    return source.eval()
 
 
 def _set_qcfs_threshold(model: torch.nn.Module, activation: str | None, threshold: float | None) -> None:
@@ -666,6 +716,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--levels", type=int, default=4, help="QCFS quantisation levels L (default 4)")
     p.add_argument(
+        "--kd-from",
+        help="teacher.pt (or its folder) of the same data set whose softened logits this teacher also "
+        "learns (CE + alpha * tau^2 * KL), e.g. the GELU airbench teacher for a QCFS one",
+    )
+    p.add_argument("--kd-alpha", type=float, default=1.0, help="weight of --kd-from's KL term (default 1)")
+    p.add_argument("--kd-tau", type=float, default=4.0, help="temperature of --kd-from's KL term (default 4)")
+    p.add_argument(
         "--qcfs-threshold",
         type=float,
         help="initial lambda of every QCFS layer (default 8, the paper's; ~3 suits airbench's scale-free BN)",
@@ -766,6 +823,9 @@ def _teach_cli(args: argparse.Namespace) -> int:
         levels=args.levels,
         qcfs_threshold=args.qcfs_threshold,
         init_from=args.init_from,
+        kd_from=args.kd_from,
+        kd_alpha=args.kd_alpha,
+        kd_tau=args.kd_tau,
     )
     if is_main_process():
         print(f"teacher test accuracy {metrics['test_accuracy']:.4f}; wrote {Path(args.out) / 'teacher.pt'}")

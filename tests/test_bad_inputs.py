@@ -323,6 +323,24 @@ CASES = [
         "random.pt",
         ["{o}/t"],
     ),
+    (
+        "teach-kd-from-missing",
+        ["teach", "--kd-from", "{a}/missing_teacher", "--out", "{o}/t"],
+        "missing_teacher",
+        ["{o}/t"],
+    ),
+    (
+        "teach-kd-from-random-bytes",
+        ["teach", "--kd-from", "{a}/random.pt", "--out", "{o}/t"],
+        "random.pt",
+        ["{o}/t"],
+    ),
+    (
+        "teach-kd-alpha-negative",
+        ["teach", "--kd-from", "{a}/missing_teacher", "--kd-alpha", "-1", "--out", "{o}/t"],
+        "--kd-alpha",
+        ["{o}/t"],
+    ),
     # --resume into a folder whose training state is damaged (the folder must be left as it was)
     (
         "teach-resume-random-bytes-state",

@@ -176,3 +176,19 @@ def test_a_qcfs_teacher_from_the_teacher_needs_it_and_names_its_rows() -> None:
     assert seeded and all("_from_converted_w1.0_ft3" in r.name for r in seeded)
     assert all(r.needs[1].endswith("_ft3") for r in seeded)
     assert "teacher_qcfs_w1.0" not in rows
+
+
+def test_a_qcfs_teacher_taught_by_the_teacher_needs_it_and_names_its_rows() -> None:
+    """``--qcfs-kd``: the QCFS teacher trains from scratch (its full epochs) with ``--kd-from`` the teacher
+    row, so it runs after it, and every row downstream carries ``_kd``."""
+    data = ("--dataset", "cifar10")
+    rows = {r.name: r for r in table._profile("cpu", "w", data, (), 3, qcfs_width="1.0", qcfs_kd=True)}
+    teacher = rows["teacher_qcfs_w1.0_kd"]
+    assert teacher.needs == ("teacher",)
+    args = dict(zip(teacher.args, teacher.args[1:], strict=False))
+    assert (args["--kd-from"], args["--epochs"], args["--width"]) == ("w/teacher", "10", "1.0")
+    assert "--init-from" not in teacher.args
+    assert rows["converted_qcfs_w1.0_kd"].needs == ("teacher_qcfs_w1.0_kd",)
+    seeded = [r for r in rows.values() if "from_converted" in r.name]
+    assert seeded and all("_from_converted_w1.0_kd" in r.name for r in seeded)
+    assert "teacher_qcfs_w1.0" not in rows
