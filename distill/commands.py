@@ -345,14 +345,19 @@ def _activation_config(arch: str, activation: str | None, levels: int) -> dict[s
     return config
 
 
+def _check_loss_weights(weights: tuple[tuple[str, float], ...], temperature: tuple[str, float]) -> None:
+    """Distillation weights must be finite and non-negative, the temperature finite and positive."""
+    for flag, value in weights:
+        if not (math.isfinite(value) and value >= 0):
+            raise LasnnError(f"{flag} is {value!r}; expected a non-negative weight.")
+    flag, tau = temperature
+    if not (math.isfinite(tau) and tau > 0):
+        raise LasnnError(f"{flag} is {tau!r}; expected a positive temperature.")
+
+
 def _kd_source(path: str | os.PathLike, alpha: float, tau: float, dataset: str, info: Any) -> torch.nn.Module:
     """The frozen teacher whose logits ``teach --kd-from`` distils, checked to fit this data set."""
-    for flag, value, ok, expected in (
-        ("--kd-alpha", alpha, alpha >= 0, "a non-negative weight like 1"),
-        ("--kd-tau", tau, tau > 0, "a positive temperature like 4"),
-    ):
-        if not (math.isfinite(value) and ok):
-            raise LasnnError(f"{flag} is {value!r}; expected {expected}.")
+    _check_loss_weights((("--kd-alpha", alpha),), ("--kd-tau", tau))
     file = teacher_path_of(path)
     if not file.is_file():
         raise LasnnError(f"--kd-from {path} has no teacher.pt; pass a folder or file written by lasnn teach.")
@@ -517,10 +522,7 @@ def distill(
     beta = d.get("beta", DEFAULT_BETA) if beta is None else beta
     if loss not in LOSSES:
         raise LasnnError(f"--loss {loss!r} is unknown; expected one of {', '.join(LOSSES)}.")
-    for flag, value, low in (("--alpha", alpha, 0.0), ("--beta", beta, 0.0), ("--tau", tau, None)):
-        if not math.isfinite(value) or (value < low if low is not None else value <= 0):
-            expected = "a non-negative weight" if low is not None else "a positive temperature"
-            raise LasnnError(f"{flag} is {value!r}; expected {expected}.")
+    _check_loss_weights((("--alpha", alpha), ("--beta", beta)), ("--tau", tau))
     if schedule not in SCHEDULES:
         raise LasnnError(f"--schedule {schedule!r} is unknown; expected one of {', '.join(SCHEDULES)}.")
     if aggregate not in AGGREGATES:
