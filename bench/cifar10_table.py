@@ -456,6 +456,10 @@ def _atomic_text(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+def _timesteps(row: dict[str, Any]) -> int:
+    return row["timesteps"]
+
+
 def _plot(path: Path, rows: list[dict[str, Any]], dataset: str = "CIFAR-10") -> None:
     import matplotlib
 
@@ -464,30 +468,27 @@ def _plot(path: Path, rows: list[dict[str, Any]], dataset: str = "CIFAR-10") -> 
 
     fig, ax = plt.subplots(figsize=(8, 6))
     for model in dict.fromkeys(r["model"] for r in rows if r["kind"] == "converted"):
-        curve = sorted((r for r in rows if r["model"] == model), key=lambda r: r["timesteps"])
+        curve = sorted((r for r in rows if r["model"] == model), key=_timesteps)
         ax.plot(
             [r["timesteps"] for r in curve],
             [100 * r["test_accuracy"] for r in curve],
             "o-",
             label=curve[0]["loss"],
         )
-    for loss, marker in (("lasnn", "*"), ("kd", "s"), ("ce", "^")):
-        points = sorted(
-            (r for r in rows if r["kind"] == "student" and r["loss"] == loss and not _from_conversion(r)),
-            key=lambda r: r["timesteps"],
+    # one series per student `loss` text (it names the loss and, for a fine-tune, the conversion it
+    # started from): a LaSNN / KD-only / CE-only comparison at several T reads as three lines
+    markers = {"lasnn": "*", "kd": "s", "ce": "^"}
+    for label in dict.fromkeys(r["loss"] for r in rows if r["kind"] == "student"):
+        points = sorted((r for r in rows if r["kind"] == "student" and r["loss"] == label), key=_timesteps)
+        loss = label.split()[0]
+        ax.plot(
+            [r["timesteps"] for r in points],
+            [100 * r["test_accuracy"] for r in points],
+            marker=markers.get(loss, "D"),
+            markersize=11 if loss == "lasnn" else 8,
+            linestyle=":" if _from_conversion(points[0]) else "--",
+            label=f"student, {label}",
         )
-        if points:
-            ax.plot(
-                [r["timesteps"] for r in points],
-                [100 * r["test_accuracy"] for r in points],
-                marker=marker,
-                markersize=11 if loss == "lasnn" else 8,
-                linestyle="--",
-                label=f"student, {loss}",
-            )
-    # students trained on from a conversion: one marker each, labelled by what they started from
-    for r in filter(_from_conversion, rows):
-        ax.plot(r["timesteps"], 100 * r["test_accuracy"], "D", markersize=7, label=f"student, {r['loss']}")
     for r in rows:
         if r["kind"] == "teacher":
             ax.axhline(100 * r["test_accuracy"], linestyle=":", color="gray")
