@@ -40,6 +40,7 @@ import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -456,10 +457,6 @@ def _atomic_text(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def _timesteps(row: dict[str, Any]) -> int:
-    return row["timesteps"]
-
-
 def _plot(path: Path, rows: list[dict[str, Any]], dataset: str = "CIFAR-10") -> None:
     import matplotlib
 
@@ -468,7 +465,7 @@ def _plot(path: Path, rows: list[dict[str, Any]], dataset: str = "CIFAR-10") -> 
 
     fig, ax = plt.subplots(figsize=(8, 6))
     for model in dict.fromkeys(r["model"] for r in rows if r["kind"] == "converted"):
-        curve = sorted((r for r in rows if r["model"] == model), key=_timesteps)
+        curve = sorted((r for r in rows if r["model"] == model), key=itemgetter("timesteps"))
         ax.plot(
             [r["timesteps"] for r in curve],
             [100 * r["test_accuracy"] for r in curve],
@@ -479,7 +476,9 @@ def _plot(path: Path, rows: list[dict[str, Any]], dataset: str = "CIFAR-10") -> 
     # started from): a LaSNN / KD-only / CE-only comparison at several T reads as three lines
     markers = {"lasnn": "*", "kd": "s", "ce": "^"}
     for label in dict.fromkeys(r["loss"] for r in rows if r["kind"] == "student"):
-        points = sorted((r for r in rows if r["kind"] == "student" and r["loss"] == label), key=_timesteps)
+        points = sorted(
+            (r for r in rows if r["kind"] == "student" and r["loss"] == label), key=itemgetter("timesteps")
+        )
         loss = label.split()[0]
         ax.plot(
             [r["timesteps"] for r in points],
